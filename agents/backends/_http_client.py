@@ -1,0 +1,205 @@
+"""POST JSON to an OpenAI-compatible server: retries, timeouts and error translation in one place.
+
+Both HTTP backends (chat and embeddings) use :class:`JsonPoster`. httpx's exceptions stop here and
+become Cantata's typed errors; the API key lives in a :class:`~pydantic.SecretStr`, goes only into
+the ``Authorization`` header, and is scrubbed from any server text quoted in an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import time
+from typing import Any
+
+import httpx
+import structlog
+from pydantic import SecretStr
+
+from .._errors import (
+    BackendHTTPError,
+    BackendTimeoutError,
+    DeadlineExceededError,
+    EndpointUnreachableError,
+    MalformedResponseError,
+    RateLimitedError,
+    RequestRejectedError,
+    ServerError,
+)
+from ._http_config import Limits, RetryPolicy, Timeout
+
+__all__ = ["JsonPoster"]
+
+log = structlog.get_logger("cantata.http")
+
+_BODY_EXCERPT = 300
+
+
+class JsonPoster:
+    """One pooled ``httpx.AsyncClient`` for one base URL, created on first use in its loop."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: SecretStr | None,
+        model: str,
+        timeout: Timeout,
+        limits: Limits,
+        retry: RetryPolicy,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._api_key = api_key
+        self.model = model
+        self.timeout = timeout
+        self.limits = limits
+        self.retry = retry
+        self._headers = dict(headers or {})
+        self._client: httpx.AsyncClient | None = None
+
+    def __repr__(self) -> str:
+        return f"JsonPoster(base_url={self.base_url!r}, model={self.model!r})"
+
+    def _client_for_loop(self) -> httpx.AsyncClient:
+        if self._client is None:
+            headers = {"Content-Type": "application/json", **self._headers}
+            if self._api_key is not None:
+                headers["Authorization"] = f"Bearer {self._api_key.get_secret_value()}"
+            self._client = httpx.AsyncClient(
+                base_url=self.base_url,
+                headers=headers,
+                timeout=httpx.Timeout(
+                    connect=self.timeout.connect,
+                    read=self.timeout.read,
+                    write=self.timeout.write,
+                    pool=self.timeout.pool,
+                ),
+                limits=httpx.Limits(
+                    max_connections=self.limits.max_connections,
+                    max_keepalive_connections=self.limits.max_keepalive_connections,
+                    keepalive_expiry=self.limits.keepalive_expiry,
+                ),
+                # Our RetryPolicy is the only retry layer.
+                transport=httpx.AsyncHTTPTransport(retries=0),
+                follow_redirects=False,
+                trust_env=False,
+            )
+        return self._client
+
+    async def aclose(self) -> None:
+        """Close the connection pool. Safe to call twice."""
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    def _scrub(self, text: str) -> str:
+        if self._api_key is not None:
+            secret = self._api_key.get_secret_value()
+            if secret:
+                text = text.replace(secret, "**********")
+        return text
+
+    async def post(self, path: str, payload: dict[str, Any], *, deadline: float | None) -> Any:
+        """POST ``payload`` and return the decoded JSON body, retrying per the policy."""
+        url = f"{self.base_url}{path}"
+        attempt = 0
+        while True:
+            attempt += 1
+            read_timeout = self.timeout.read
+            if deadline is not None:
+                left = deadline - time.time()
+                if left <= 0:
+                    raise DeadlineExceededError(
+                        f"deadline passed before attempt {attempt} to {url}"
+                    )
+                read_timeout = min(read_timeout, left)
+            try:
+                response = await self._client_for_loop().post(
+                    path,
+                    content=json.dumps(payload).encode(),
+                    timeout=httpx.Timeout(
+                        connect=self.timeout.connect,
+                        read=read_timeout,
+                        write=self.timeout.write,
+                        pool=self.timeout.pool,
+                    ),
+                )
+                body = response.content  # read fully now, so truncation surfaces here
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                failure: Exception = EndpointUnreachableError(
+                    f"cannot connect to {url}: {type(exc).__name__}",
+                    model=self.model,
+                    attempts=attempt,
+                )
+                retry_after = None
+            except httpx.TimeoutException as exc:
+                raise BackendTimeoutError(
+                    f"{url} did not answer within {read_timeout:.1f}s ({type(exc).__name__});"
+                    " read timeouts are not retried",
+                    model=self.model,
+                    attempts=attempt,
+                ) from None
+            except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+                raise MalformedResponseError(
+                    f"{url} broke off its response ({type(exc).__name__}: "
+                    f"{self._scrub(str(exc))[:_BODY_EXCERPT]})",
+                    model=self.model,
+                    attempts=attempt,
+                ) from None
+            else:
+                if response.is_success:
+                    return self._decode(url, body, attempt)
+                failure = self._status_error(url, response.status_code, body, attempt)
+                retry_after = _retry_after_seconds(response.headers.get("Retry-After"))
+                if response.status_code not in self.retry.statuses:
+                    raise failure
+            if attempt >= self.retry.max_attempts:
+                raise failure
+            wait = self.retry.backoff(attempt, retry_after)
+            if deadline is not None and time.time() + wait >= deadline:
+                raise failure
+            log.warning(
+                "retrying", url=url, attempt=attempt, wait_s=round(wait, 3), error=str(failure)
+            )
+            await asyncio.sleep(wait)
+
+    def _decode(self, url: str, body: bytes, attempt: int) -> Any:
+        try:
+            return json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            excerpt = self._scrub(body[:_BODY_EXCERPT].decode("utf-8", "replace"))
+            raise MalformedResponseError(
+                f"{url} answered with a body that is not JSON: {excerpt!r}",
+                model=self.model,
+                attempts=attempt,
+            ) from None
+
+    def _status_error(self, url: str, status: int, body: bytes, attempt: int) -> BackendHTTPError:
+        excerpt = self._scrub(body[:_BODY_EXCERPT].decode("utf-8", "replace"))
+        message = f"{url} answered HTTP {status} after {attempt} attempt(s): {excerpt}"
+        cls: type[BackendHTTPError]
+        if status == 429:
+            cls = RateLimitedError
+        elif status in self.retry.statuses or status >= 500:
+            cls = ServerError
+        else:
+            cls = RequestRejectedError
+        return cls(message, status_code=status, model=self.model, attempts=attempt)
+
+
+def _retry_after_seconds(value: str | None) -> float | None:
+    """``Retry-After`` as seconds: delta-seconds or an HTTP date; None if absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())

@@ -1,0 +1,92 @@
+"""The model actor as a Ray actor, and the handle that calls it.
+
+:class:`RayModelActor` adds only what Ray knows (its actor and node ids) and per-process logging.
+:class:`RayModelHandle` is where Ray's exceptions become Cantata's: the error an actor raised is
+re-raised as itself, a dead actor becomes :class:`~cantata.agents.ActorDiedError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+import ray
+import ray.exceptions
+
+from cantata.agents import (
+    ActorDiedError,
+    BackendError,
+    CantataError,
+    EmbedReply,
+    EmbedRequest,
+    Health,
+    Identity,
+    LogConfig,
+    ModelActor,
+    ModelReply,
+    ModelRequest,
+    ModelSpec,
+    configure_logging,
+)
+from cantata.topologies import ModelHandle
+
+__all__ = ["RayModelActor", "RayModelHandle"]
+
+T = TypeVar("T")
+
+
+class RayModelActor(ModelActor):
+    """A :class:`~cantata.agents.ModelActor` that knows its Ray actor and node."""
+
+    def __init__(self, spec: ModelSpec, log_config: LogConfig | None = None) -> None:
+        configure_logging(log_config)
+        super().__init__(spec)
+        context = ray.get_runtime_context()
+        self._identity = Identity(actor_id=context.get_actor_id(), node_id=context.get_node_id())
+
+    def identity(self) -> Identity:
+        return self._identity
+
+
+class RayModelHandle(ModelHandle):
+    """Calls one :class:`RayModelActor`; picklable, so it can be passed to other actors."""
+
+    def __init__(self, actor: Any, spec: ModelSpec) -> None:
+        self.actor = actor
+        self.spec = spec
+
+    @property
+    def actor_id(self) -> str:
+        """The Ray actor id (hex)."""
+        return str(self.actor._actor_id.hex())
+
+    async def _call(self, ref: Awaitable[T]) -> T:
+        try:
+            return await ref
+        except ray.exceptions.RayTaskError as exc:
+            cause = exc.cause
+            if isinstance(cause, CantataError):
+                raise cause from None
+            raise BackendError(
+                f"{self.spec.name}: actor raised {type(cause).__name__}: {cause}",
+                model=self.spec.name,
+            ) from None
+        except ray.exceptions.RayActorError as exc:
+            raise ActorDiedError(
+                f"the actor serving '{self.spec.name}' is dead or unreachable"
+                f" ({type(exc).__name__})",
+                actor_id=self.actor_id,
+            ) from None
+
+    async def complete(self, request: ModelRequest) -> ModelReply:
+        return await self._call(self.actor.complete.remote(request))
+
+    async def embed(self, request: EmbedRequest) -> EmbedReply:
+        return await self._call(self.actor.embed.remote(request))
+
+    async def health(self) -> Health:
+        return await self._call(self.actor.health.remote())
+
+    async def start(self) -> Health:
+        """Load the model in the actor; resolves once the actor is scheduled and ready."""
+        return await self._call(self.actor.start.remote())

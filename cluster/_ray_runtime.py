@@ -1,0 +1,80 @@
+"""The Ray implementation of the topology runtime: one Ray actor per model replica."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import ray
+
+from cantata.agents import (
+    ActorStartTimeoutError,
+    LogConfig,
+    ModelSpec,
+)
+from cantata.topologies import ModelHandle, Runtime
+
+from ._ray_actor import RayModelActor, RayModelHandle
+from ._reservations import actor_options, check_feasible
+
+__all__ = ["RayRuntime", "alive_node_totals"]
+
+_RemoteModelActor = ray.remote(RayModelActor)
+
+
+def alive_node_totals() -> list[dict[str, float]]:
+    """Total resources of every alive node of the connected cluster."""
+    nodes = ray.nodes()  # type: ignore[no-untyped-call]
+    return [dict(node["Resources"]) for node in nodes if node.get("Alive")]
+
+
+class RayRuntime(Runtime):
+    """Starts each model as a Ray actor with the model's own reservation.
+
+    Requires a connected Ray (see :func:`cantata.cluster.connect`). A reservation no node can hold
+    fails at once with :class:`~cantata.agents.UnschedulableError`; one that is feasible but
+    does not start within ``start_timeout_s`` fails with ``ActorStartTimeoutError``. Either way,
+    the models already started for the same call are killed first.
+    """
+
+    def __init__(
+        self, *, log_config: LogConfig | None = None, start_timeout_s: float = 120.0
+    ) -> None:
+        self.log_config = log_config or LogConfig()
+        self.start_timeout_s = start_timeout_s
+
+    def create_actor(self, spec: ModelSpec) -> RayModelHandle:
+        """Create the actor for one replica of ``spec`` (not yet waited on)."""
+        options = actor_options(spec.resources)
+        actor = _RemoteModelActor.options(
+            **options,
+            max_concurrency=spec.max_concurrency,
+            max_restarts=0,
+        ).remote(spec, self.log_config)
+        return RayModelHandle(actor, spec)
+
+    async def start_models(self, specs: Sequence[ModelSpec]) -> dict[str, ModelHandle]:
+        totals = alive_node_totals()
+        for spec in specs:
+            check_feasible(spec.name, spec.resources, totals)
+        handles = [self.create_actor(spec) for spec in specs]
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(*(handle.start() for handle in handles)),
+                timeout=self.start_timeout_s,
+            )
+        except TimeoutError:
+            await self.stop_models(handles)
+            raise ActorStartTimeoutError(
+                f"models {[s.name for s in specs]} were not ready within {self.start_timeout_s:g}s;"
+                " their reservations fit the cluster but may be held by other work"
+            ) from None
+        except BaseException:
+            await self.stop_models(handles)
+            raise
+        return {handle.name: handle for handle in handles}
+
+    async def stop_models(self, handles: Sequence[ModelHandle]) -> None:
+        for handle in handles:
+            if isinstance(handle, RayModelHandle):
+                ray.kill(handle.actor, no_restart=True)

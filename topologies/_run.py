@@ -1,0 +1,71 @@
+"""Run a topology spec on a runtime: start its models, answer, stop them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from cantata.agents import Budget, Span, new_id
+
+from ._context import RequestContext
+from ._outcome import Outcome
+from ._result import RunResult
+from ._runtime import ModelHandle, Runtime
+from ._single import run_single
+from ._spec import SingleSpec, TopologySpec
+
+__all__ = ["answer", "run_topology"]
+
+PatternRunner = Callable[[Any, str, RequestContext, str], Awaitable[Outcome]]
+
+_PATTERNS: dict[type, PatternRunner] = {SingleSpec: run_single}
+
+
+async def answer(
+    spec: TopologySpec,
+    text: str,
+    handles: Mapping[str, ModelHandle],
+    *,
+    trace_id: str | None = None,
+) -> RunResult:
+    """Answer one request with models that are already started."""
+    ctx = RequestContext(
+        handles=dict(handles),
+        trace_id=trace_id or new_id(),
+        deadline=None if spec.timeout_s is None else time.time() + spec.timeout_s,
+        budget=Budget(tokens=spec.max_tokens_budget),
+    )
+    runner = _PATTERNS[type(spec)]
+    start = time.time()
+    with ctx.step(spec.name, None) as root_id:
+        outcome = await runner(spec, text, ctx, root_id)
+    latency_ms = (time.time() - start) * 1000
+    return RunResult(
+        topology=spec.name,
+        pattern=spec.pattern,
+        trace_id=ctx.trace_id,
+        text=outcome.text,
+        structured=outcome.structured,
+        usage=ctx.usage,
+        cost_usd=ctx.cost_usd,
+        latency_ms=latency_ms,
+        trace=_ordered(ctx.spans, root_id),
+    )
+
+
+def _ordered(spans: list[Span], root_id: str) -> tuple[Span, ...]:
+    root = [s for s in spans if s.span_id == root_id]
+    rest = sorted((s for s in spans if s.span_id != root_id), key=lambda s: s.start)
+    return (*root, *rest)
+
+
+async def run_topology(
+    spec: TopologySpec, text: str, runtime: Runtime, *, trace_id: str | None = None
+) -> RunResult:
+    """Start the topology's models on ``runtime``, answer ``text``, and stop them again."""
+    handles = await runtime.start_models(spec.models())
+    try:
+        return await answer(spec, text, handles, trace_id=trace_id)
+    finally:
+        await runtime.stop_models(list(handles.values()))
