@@ -18,6 +18,7 @@ from collections.abc import Awaitable
 from typing import Literal, TypeVar
 
 import structlog
+from pydantic import Field
 
 from ._errors import (
     BackendError,
@@ -47,6 +48,7 @@ __all__ = ["Health", "Identity", "ModelActor"]
 log = structlog.get_logger("cantata.model")
 
 T = TypeVar("T")
+M = TypeVar("M", bound=Envelope)
 
 
 class Identity(Frozen):
@@ -68,6 +70,9 @@ class Health(Frozen):
     in_flight: int
     served: int
     failed: int
+    rejected: int = Field(
+        default=0, description="Requests refused before the backend: invalid, late, over budget."
+    )
     detail: str = ""
 
 
@@ -80,6 +85,7 @@ class ModelActor:
         self.in_flight = 0
         self.served = 0
         self.failed = 0
+        self.rejected = 0
         self._started = False
         self._start_error: str = ""
 
@@ -116,6 +122,7 @@ class ModelActor:
             in_flight=self.in_flight,
             served=self.served,
             failed=self.failed,
+            rejected=self.rejected,
             detail=self._start_error,
         )
 
@@ -124,7 +131,15 @@ class ModelActor:
         await self.backend.aclose()
         self._started = False
 
-    def _admit(self, message: Envelope) -> None:
+    def _admit(self, message: object, expected: type[M]) -> M:
+        """Validate on arrival and check deadline and budget; count what is turned away."""
+        try:
+            return self._check(accept(message, expected))
+        except CantataError:
+            self.rejected += 1
+            raise
+
+    def _check(self, message: M) -> M:
         if message.deadline is not None and time.time() >= message.deadline:
             raise DeadlineExceededError(f"{self.spec.name}: the deadline passed before the call")
         if message.budget.exhausted:
@@ -132,13 +147,13 @@ class ModelActor:
                 f"{self.spec.name}: no budget left (tokens={message.budget.tokens},"
                 f" cost_usd={message.budget.cost_usd})"
             )
+        return message
 
     async def complete(self, request: ModelRequest) -> ModelReply:
         """Answer one chat request with a normalized, stamped reply."""
-        request = accept(request, ModelRequest)
+        request = self._admit(request, ModelRequest)
         if not isinstance(self.backend, ModelBackend):
             raise InvalidMessageError(f"{self.spec.name} is an embedding model; send embed()")
-        self._admit(request)
         with bound(trace_id=request.trace_id, agent=self.spec.name, model=self.spec.name):
             start = time.time()
             self.in_flight += 1
@@ -216,10 +231,9 @@ class ModelActor:
 
     async def embed(self, request: EmbedRequest) -> EmbedReply:
         """Embed the request's texts."""
-        request = accept(request, EmbedRequest)
+        request = self._admit(request, EmbedRequest)
         if not isinstance(self.backend, EmbeddingBackend):
             raise InvalidMessageError(f"{self.spec.name} is a chat model; send complete()")
-        self._admit(request)
         with bound(trace_id=request.trace_id, agent=self.spec.name, model=self.spec.name):
             start = time.time()
             self.in_flight += 1

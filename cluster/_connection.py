@@ -55,6 +55,9 @@ def connect(address: str | None = None, *, num_cpus: float | None = None) -> Ray
                 )
                 return RayConnection(address=address, embedded=False)
             ray.init(
+                # "local" forces a new instance: with no address, Ray would join the last
+                # cluster that `ray start` left running on this machine.
+                address="local",
                 _node_ip_address="127.0.0.1",
                 num_cpus=int(num_cpus) if num_cpus is not None else os.cpu_count(),
                 include_dashboard=False,

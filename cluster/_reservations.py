@@ -42,6 +42,7 @@ def check_feasible(
     demand = resources.demand()
     nodes = list(node_totals)
     best_shortfall: dict[str, float] | None = None
+    best_score = float("inf")
     for totals in nodes:
         shortfall = {
             key: amount - totals.get(key, 0.0)
@@ -50,8 +51,11 @@ def check_feasible(
         }
         if not shortfall:
             return
-        if best_shortfall is None or len(shortfall) < len(best_shortfall):
-            best_shortfall = shortfall
+        # The closest node (fewest missing, then least missing relative to the demand) names
+        # what to add; ties keep the first node, so the message is deterministic.
+        score = len(shortfall) + sum(gap / demand[key] for key, gap in shortfall.items()) / 2
+        if score < best_score:
+            best_shortfall, best_score = shortfall, score
     missing = best_shortfall if best_shortfall is not None else dict(demand)
     largest = {key: max((totals.get(key, 0.0) for totals in nodes), default=0.0) for key in missing}
     detail = ", ".join(

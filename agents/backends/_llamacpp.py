@@ -58,7 +58,9 @@ class LlamaCppBackend(ModelBackend):
         self.n_threads = n_threads
         self.n_gpu_layers = n_gpu_layers
         self.seed = seed
-        self.chat_format = chat_format
+        # SmolLM2 speaks ChatML; the template in its GGUF injects a default system prompt that
+        # derails this small model, so the default model gets the plain ChatML format.
+        self.chat_format = chat_format or ("chatml" if model_path is None else None)
         self._llama: Any = None
         self._lock = asyncio.Lock()
 

