@@ -1,6 +1,7 @@
 """The model actor as a Ray actor, and the handle that calls it.
 
-:class:`RayModelActor` adds only what Ray knows (its actor and node ids) and per-process logging.
+:func:`ray_hosted` adds to a model actor class only what Ray knows (its actor and node ids) and
+per-process logging; it works for :class:`~cantata.agents.ModelActor` and for user subclasses.
 :class:`RayModelHandle` is where Ray's exceptions become Cantata's: the error an actor raised is
 re-raised as itself, a dead actor becomes :class:`~cantata.agents.ActorDiedError`.
 """
@@ -30,22 +31,51 @@ from cantata.agents import (
 )
 from cantata.topologies import ModelHandle
 
-__all__ = ["RayModelActor", "RayModelHandle"]
+__all__ = ["RayModelActor", "RayModelHandle", "ray_hosted"]
 
 T = TypeVar("T")
 
 
-class RayModelActor(ModelActor):
-    """A :class:`~cantata.agents.ModelActor` that knows its Ray actor and node."""
+_HOSTED: dict[type[ModelActor], type[ModelActor]] = {}
 
-    def __init__(self, spec: ModelSpec, log_config: LogConfig | None = None) -> None:
-        configure_logging(log_config)
-        super().__init__(spec)
+
+def ray_hosted(base: type[ModelActor]) -> type[ModelActor]:
+    """``base`` as a class Ray can host: it configures logging and knows its actor and node.
+
+    ``base`` is :class:`~cantata.agents.ModelActor` or a subclass whose ``__init__`` takes the
+    spec as its only argument. The result is cached, so each class is wrapped once.
+    """
+    if base in _HOSTED:
+        return _HOSTED[base]
+
+    def __init__(self: ModelActor, spec: ModelSpec, log_config: LogConfig | None = None) -> None:
+        configure_logging(log_config)  # each actor is its own process with its own structlog
+        base.__init__(self, spec)
         context = ray.get_runtime_context()
-        self._identity = Identity(actor_id=context.get_actor_id(), node_id=context.get_node_id())
+        self.__dict__["_ray_identity"] = Identity(
+            actor_id=context.get_actor_id(), node_id=context.get_node_id()
+        )
 
-    def identity(self) -> Identity:
-        return self._identity
+    def identity(self: ModelActor) -> Identity:
+        identity: Identity = self.__dict__["_ray_identity"]
+        return identity
+
+    hosted = type(
+        f"Ray{base.__name__}",
+        (base,),
+        {
+            "__init__": __init__,
+            "identity": identity,
+            "__doc__": base.__doc__,
+            "__module__": base.__module__,
+        },
+    )
+    _HOSTED[base] = hosted
+    return hosted
+
+
+RayModelActor = ray_hosted(ModelActor)
+"""The default model actor as Ray hosts it."""
 
 
 class RayModelHandle(ModelHandle):

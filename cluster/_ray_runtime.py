@@ -3,23 +3,33 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import ray
 
 from cantata.agents import (
     ActorStartTimeoutError,
     LogConfig,
+    ModelActor,
     ModelSpec,
 )
 from cantata.topologies import ModelHandle, Runtime
 
-from ._ray_actor import RayModelActor, RayModelHandle
+from ._ray_actor import RayModelHandle, ray_hosted
 from ._reservations import actor_options, check_feasible
 
 __all__ = ["RayRuntime", "alive_node_totals"]
 
-_RemoteModelActor = ray.remote(RayModelActor)
+
+_REMOTE_CLASSES: dict[type[ModelActor], Any] = {}
+
+
+def _remote_class(base: type[ModelActor]) -> Any:
+    # Ray exports a class once per remote() call; reuse it for every replica.
+    if base not in _REMOTE_CLASSES:
+        _REMOTE_CLASSES[base] = ray.remote(ray_hosted(base))
+    return _REMOTE_CLASSES[base]
 
 
 def alive_node_totals() -> list[dict[str, float]]:
@@ -35,18 +45,27 @@ class RayRuntime(Runtime):
     fails at once with :class:`~cantata.agents.UnschedulableError`; one that is feasible but
     does not start within ``start_timeout_s`` fails with ``ActorStartTimeoutError``. Either way,
     the models already started for the same call are killed first.
+
+    ``actor_classes`` maps a model's name to a :class:`~cantata.agents.ModelActor` subclass that
+    hosts it instead of the default (see ``examples/custom_model_actor.py``).
     """
 
     def __init__(
-        self, *, log_config: LogConfig | None = None, start_timeout_s: float = 120.0
+        self,
+        *,
+        log_config: LogConfig | None = None,
+        start_timeout_s: float = 120.0,
+        actor_classes: Mapping[str, type[ModelActor]] | None = None,
     ) -> None:
         self.log_config = log_config or LogConfig()
         self.start_timeout_s = start_timeout_s
+        self.actor_classes = dict(actor_classes or {})
 
     def create_actor(self, spec: ModelSpec) -> RayModelHandle:
         """Create the actor for one replica of ``spec`` (not yet waited on)."""
         options = actor_options(spec.resources)
-        actor = _RemoteModelActor.options(
+        actor_class = _remote_class(self.actor_classes.get(spec.name, ModelActor))
+        actor = actor_class.options(
             **options,
             max_concurrency=spec.max_concurrency,
             max_restarts=0,

@@ -12,10 +12,10 @@ import os
 # Before Ray is imported: keep cluster_utils nodes on loopback instead of the outward address.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
-from collections.abc import Iterator  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
+from collections.abc import Iterator
+from dataclasses import dataclass
 
-import pytest  # noqa: E402
+import pytest
 
 
 @dataclass(frozen=True)
@@ -42,9 +42,7 @@ def ray_cluster() -> Iterator[ClusterNodes]:
     cpu = cluster.add_node(**loopback, num_cpus=1)
     ray.init(address=cluster.address, _node_ip_address="127.0.0.1", namespace="cantata-tests")
     try:
-        yield ClusterNodes(
-            head=cluster.head_node.node_id, gpu=gpu.node_id, cpu=cpu.node_id
-        )
+        yield ClusterNodes(head=cluster.head_node.node_id, gpu=gpu.node_id, cpu=cpu.node_id)
     finally:
         ray.shutdown()
         cluster.shutdown()

@@ -18,6 +18,7 @@ import structlog
 from pydantic import SecretStr
 
 from .._errors import (
+    BackendError,
     BackendHTTPError,
     BackendTimeoutError,
     DeadlineExceededError,
@@ -115,45 +116,25 @@ class JsonPoster:
                         f"deadline passed before attempt {attempt} to {url}"
                     )
                 read_timeout = min(read_timeout, left)
-            try:
-                response = await self._client_for_loop().post(
-                    path,
-                    content=json.dumps(payload).encode(),
-                    timeout=httpx.Timeout(
-                        connect=self.timeout.connect,
-                        read=read_timeout,
-                        write=self.timeout.write,
-                        pool=self.timeout.pool,
-                    ),
-                )
-                body = response.content  # read fully now, so truncation surfaces here
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                failure: Exception = EndpointUnreachableError(
-                    f"cannot connect to {url}: {type(exc).__name__}",
-                    model=self.model,
-                    attempts=attempt,
-                )
-                retry_after = None
-            except httpx.TimeoutException as exc:
-                raise BackendTimeoutError(
-                    f"{url} did not answer within {read_timeout:.1f}s ({type(exc).__name__});"
-                    " read timeouts are not retried",
-                    model=self.model,
-                    attempts=attempt,
-                ) from None
-            except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
-                raise MalformedResponseError(
-                    f"{url} broke off its response ({type(exc).__name__}: "
-                    f"{self._scrub(str(exc))[:_BODY_EXCERPT]})",
-                    model=self.model,
-                    attempts=attempt,
-                ) from None
+            # Errors are raised here, outside any except block, so no httpx exception (whose
+            # request carries the Authorization header) rides along as __context__.
+            outcome = await self._attempt(path, payload, read_timeout, attempt)
+            retry_after = None
+            failure: BackendError
+            if isinstance(outcome, BackendError):
+                failure = outcome
+                if isinstance(failure, BackendTimeoutError) and read_timeout < self.timeout.read:
+                    raise DeadlineExceededError(
+                        f"deadline passed while waiting {read_timeout:.1f}s for {url}"
+                    )
+                if not isinstance(failure, EndpointUnreachableError):
+                    raise failure
             else:
-                if response.is_success:
-                    return self._decode(url, body, attempt)
-                failure = self._status_error(url, response.status_code, body, attempt)
-                retry_after = _retry_after_seconds(response.headers.get("Retry-After"))
-                if response.status_code not in self.retry.statuses:
+                if outcome.is_success:
+                    return self._decode(url, outcome.content, attempt)
+                failure = self._status_error(url, outcome.status_code, outcome.content, attempt)
+                retry_after = _retry_after_seconds(outcome.headers.get("Retry-After"))
+                if outcome.status_code not in self.retry.statuses:
                     raise failure
             if attempt >= self.retry.max_attempts:
                 raise failure
@@ -165,11 +146,53 @@ class JsonPoster:
             )
             await asyncio.sleep(wait)
 
+    async def _attempt(
+        self, path: str, payload: dict[str, Any], read_timeout: float, attempt: int
+    ) -> httpx.Response | BackendError:
+        """One HTTP exchange: the response, or the typed error that replaced httpx's."""
+        url = f"{self.base_url}{path}"
+        try:
+            response = await self._client_for_loop().post(
+                path,
+                content=json.dumps(payload).encode(),
+                timeout=httpx.Timeout(
+                    connect=self.timeout.connect,
+                    read=read_timeout,
+                    write=self.timeout.write,
+                    pool=self.timeout.pool,
+                ),
+            )
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            return EndpointUnreachableError(
+                f"cannot connect to {url}: {type(exc).__name__}",
+                model=self.model,
+                attempts=attempt,
+            )
+        except httpx.TimeoutException as exc:
+            return BackendTimeoutError(
+                f"{url} did not answer within {read_timeout:.1f}s ({type(exc).__name__});"
+                " read timeouts are not retried",
+                model=self.model,
+                attempts=attempt,
+            )
+        except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+            return MalformedResponseError(
+                f"{url} broke off its response ({type(exc).__name__}: "
+                f"{self._excerpt(str(exc).encode())})",
+                model=self.model,
+                attempts=attempt,
+            )
+        return response
+
+    def _excerpt(self, body: bytes) -> str:
+        # Scrub before cutting: a key straddling the cut would otherwise leak its first part.
+        return self._scrub(body.decode("utf-8", "replace"))[:_BODY_EXCERPT]
+
     def _decode(self, url: str, body: bytes, attempt: int) -> Any:
         try:
             return json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError):
-            excerpt = self._scrub(body[:_BODY_EXCERPT].decode("utf-8", "replace"))
+            excerpt = self._excerpt(body)
             raise MalformedResponseError(
                 f"{url} answered with a body that is not JSON: {excerpt!r}",
                 model=self.model,
@@ -177,7 +200,7 @@ class JsonPoster:
             ) from None
 
     def _status_error(self, url: str, status: int, body: bytes, attempt: int) -> BackendHTTPError:
-        excerpt = self._scrub(body[:_BODY_EXCERPT].decode("utf-8", "replace"))
+        excerpt = self._excerpt(body)
         message = f"{url} answered HTTP {status} after {attempt} attempt(s): {excerpt}"
         cls: type[BackendHTTPError]
         if status == 429:

@@ -69,7 +69,9 @@ class OpenAIEmbeddingsBackend(EmbeddingBackend):
                 f" for {expected} texts",
                 model=self.model,
             )
-        return Embeddings(vectors=vectors, input_tokens=tokens, model=str(data.get("model")))
+        return Embeddings(
+            vectors=vectors, input_tokens=tokens, model=str(data.get("model") or self.model)
+        )
 
     async def aclose(self) -> None:
         await self._poster.aclose()

@@ -50,7 +50,15 @@ def test_run_json_prints_one_object_answered_by_smollm2_in_a_ray_actor():
     assert model_span["model_version"] == "135m-instruct-q4_1"
     assert re.fullmatch(r"[0-9a-f]{32}", model_span["actor_id"])
     assert re.fullmatch(r"[0-9a-f]{56}", model_span["node_id"])
-    for field in ("span_id", "agent", "start", "end", "latency_ms", "input_tokens", "output_tokens"):
+    for field in (
+        "span_id",
+        "agent",
+        "start",
+        "end",
+        "latency_ms",
+        "input_tokens",
+        "output_tokens",
+    ):
         assert field in model_span
     assert model_span["start"] <= model_span["end"]
 

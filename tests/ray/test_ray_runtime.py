@@ -14,6 +14,7 @@ from cantata.agents import (
     DeadlineExceededError,
     FunctionConfig,
     InvalidMessageError,
+    ModelActor,
     ModelRequest,
     ModelSpec,
     Resources,
@@ -161,9 +162,7 @@ async def test_backend_error_crosses_the_actor_boundary_typed(ray_cluster):
         with pytest.raises(BackendError) as caught:
             await handle.complete(ModelRequest.from_prompt("hi"))
         with pytest.raises(DeadlineExceededError):
-            await handle.complete(
-                ModelRequest.from_prompt("late", deadline=time.time() - 1)
-            )
+            await handle.complete(ModelRequest.from_prompt("late", deadline=time.time() - 1))
         health = await handle.health()
     finally:
         await runtime.stop_models([handle])
@@ -195,3 +194,24 @@ async def test_single_topology_runs_on_ray_with_parented_spans(ray_cluster):
     assert root.start <= model_span.start <= model_span.end <= root.end
     assert result.usage.input_tokens == 1
     assert result.usage.output_tokens == 2
+
+
+class ShoutingActor(ModelActor):
+    """A user's model actor: upper-cases replies."""
+
+    async def complete(self, request: ModelRequest):
+        reply = await super().complete(request)
+        return reply.model_copy(update={"text": reply.text.upper()})
+
+
+async def test_a_model_actor_subclass_is_hosted_for_its_model(ray_cluster):
+    runtime = RayRuntime(actor_classes={"loud": ShoutingActor})
+    handles = await runtime.start_models([spec("loud"), spec("quiet")])
+    try:
+        loud = await handles["loud"].complete(ModelRequest.from_prompt("hi"))
+        quiet = await handles["quiet"].complete(ModelRequest.from_prompt("hi"))
+    finally:
+        await runtime.stop_models(list(handles.values()))
+    assert loud.text == "ECHO: HI"
+    assert quiet.text == "echo: hi"
+    assert loud.span.actor_id == handles["loud"].actor_id

@@ -94,7 +94,12 @@ def test_api_key_comes_from_the_environment_and_never_leaves_as_text(monkeypatch
     assert isinstance(backend, OpenAIConfig)
     assert backend.api_key is not None
     assert backend.api_key.get_secret_value() == "sk-live-DO-NOT-LEAK"
-    for text in (repr(spec), str(spec), spec.model_dump_json(), repr(backend.build(spec.model.resources))):
+    for text in (
+        repr(spec),
+        str(spec),
+        spec.model_dump_json(),
+        repr(backend.build(spec.model.resources)),
+    ):
         assert "DO-NOT-LEAK" not in text
 
 
