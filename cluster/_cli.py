@@ -83,12 +83,18 @@ def run(
         connection = connect(address, num_cpus=num_cpus)
         try:
             result = asyncio.run(run_topology(spec, input_text, RayRuntime(log_config=log_config)))
+            # The answer first: tearing Ray down takes a moment the user need not wait for.
+            _print_result(result, json_output)
         finally:
             connection.close()
     except CantataError as exc:
         _fail(exc, json_output, code=2 if isinstance(exc, TopologySpecError) else 1)
+
+
+def _print_result(result: RunResult, json_output: bool) -> None:
     if json_output:
         sys.stdout.write(json.dumps(result.to_json_dict()) + "\n")
+        sys.stdout.flush()
     else:
         _print_readable(result)
 
@@ -105,7 +111,7 @@ def _fail(exc: CantataError, json_output: bool, *, code: int) -> None:
 
 
 def _print_readable(result: RunResult) -> None:
-    console = Console()
+    console = Console(soft_wrap=True)
     console.print(result.text.strip() or "(empty answer)", markup=False, highlight=False)
     console.print()
     models = [span for span in result.trace if span.model]

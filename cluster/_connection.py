@@ -9,16 +9,22 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import warnings
 from dataclasses import dataclass
 
 import ray
+from ray._private import ray_constants
+from ray._private.authentication.authentication_token_setup import (
+    maybe_enable_token_auth_if_token_available,
+)
 
 from cantata.agents import RuntimeFailure
 
 __all__ = ["RayConnection", "connect"]
 
 NAMESPACE = "cantata"
+LOG_FLUSH_GRACE_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -30,6 +36,10 @@ class RayConnection:
 
     def close(self) -> None:
         """Shut Ray down in this process (an embedded Ray stops with it)."""
+        if self.embedded:
+            # Actors' log lines reach the driver through Ray's log monitor, which polls their
+            # files; give it a moment so the last lines are not lost with the instance.
+            time.sleep(LOG_FLUSH_GRACE_S)
         ray.shutdown()
 
 
@@ -47,13 +57,16 @@ def connect(address: str | None = None, *, num_cpus: float | None = None) -> Ray
         warnings.simplefilter("ignore", DeprecationWarning)
         try:
             if address:
+                _prepare_to_join(address)
                 ray.init(
                     address=address,
                     namespace=NAMESPACE,
                     logging_level=logging.WARNING,
                     log_to_driver=True,
+                    _node_ip_address="127.0.0.1" if _is_loopback(address) else None,
                 )
                 return RayConnection(address=address, embedded=False)
+            _keep_on_loopback()
             ray.init(
                 # "local" forces a new instance: with no address, Ray would join the last
                 # cluster that `ray start` left running on this machine.
@@ -68,3 +81,24 @@ def connect(address: str | None = None, *, num_cpus: float | None = None) -> Ray
         except ConnectionError as exc:
             raise RuntimeFailure(f"cannot connect to Ray at {address!r}: {exc}") from None
     return RayConnection(address=None, embedded=True)
+
+
+def _is_loopback(address: str) -> bool:
+    host = address.removeprefix("ray://").rsplit(":", 1)[0].strip("[]")
+    return host in {"localhost", "::1"} or host.startswith("127.")
+
+
+def _keep_on_loopback() -> None:
+    # Ray rewrites "127.0.0.1" and "localhost" to this machine's outward address unless this
+    # switch is off; it is read at call time, so turning it off here keeps traffic on loopback.
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"  # for processes Ray starts
+
+
+def _prepare_to_join(address: str) -> None:
+    if _is_loopback(address):
+        _keep_on_loopback()
+    # Joining a cluster, Ray only sends its token when RAY_AUTH_MODE says so; set it when a
+    # token is available (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) and the
+    # user has not chosen a mode.
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
