@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import json
 import sys
 from enum import StrEnum
@@ -45,8 +46,21 @@ class LogLevel(StrEnum):
     error = "error"
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"cantata {importlib.metadata.version('cantata')}\n")
+        raise typer.Exit
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_show_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
     """Cantata: multi-model AI systems on Ray."""
 
 
@@ -80,7 +94,7 @@ def run(
     configure_logging(log_config)
     try:
         spec = load_topology(file)
-        connection = connect(address, num_cpus=num_cpus)
+        connection = connect(address, num_cpus=num_cpus, log_config=log_config)
         try:
             result = asyncio.run(run_topology(spec, input_text, RayRuntime(log_config=log_config)))
             # The answer first: tearing Ray down takes a moment the user need not wait for.

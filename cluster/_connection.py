@@ -19,7 +19,7 @@ from ray._private.authentication.authentication_token_setup import (
     maybe_enable_token_auth_if_token_available,
 )
 
-from cantata.agents import RuntimeFailure
+from cantata.agents import LogConfig, RuntimeFailure
 
 __all__ = ["RayConnection", "connect"]
 
@@ -43,12 +43,22 @@ class RayConnection:
         ray.shutdown()
 
 
-def connect(address: str | None = None, *, num_cpus: float | None = None) -> RayConnection:
+def connect(
+    address: str | None = None,
+    *,
+    num_cpus: float | None = None,
+    log_config: LogConfig | None = None,
+) -> RayConnection:
     """Connect this process to Ray, starting an embedded local instance when no address is given.
 
     ``num_cpus`` sets the embedded instance's logical CPUs (default: the machine's cores); it is
-    ignored when joining a cluster, whose nodes declare their own.
+    ignored when joining a cluster, whose nodes declare their own. With a JSON ``log_config``,
+    Ray's own lines are JSON too and actors' forwarded lines lose Ray's ``(name pid=…)`` prefix,
+    so stderr stays one JSON object per line.
     """
+    ray_logging = None
+    if log_config is not None and log_config.format == "json":
+        ray_logging = ray.LoggingConfig(encoding="JSON", log_level="WARNING")
     address = address or os.environ.get("RAY_ADDRESS") or None
     if ray.is_initialized():
         return RayConnection(address=address, embedded=False)
@@ -63,6 +73,7 @@ def connect(address: str | None = None, *, num_cpus: float | None = None) -> Ray
                     namespace=NAMESPACE,
                     logging_level=logging.WARNING,
                     log_to_driver=True,
+                    logging_config=ray_logging,
                     _node_ip_address="127.0.0.1" if _is_loopback(address) else None,
                 )
                 return RayConnection(address=address, embedded=False)
@@ -77,6 +88,7 @@ def connect(address: str | None = None, *, num_cpus: float | None = None) -> Ray
                 namespace=NAMESPACE,
                 logging_level=logging.WARNING,
                 log_to_driver=True,
+                logging_config=ray_logging,
             )
         except ConnectionError as exc:
             raise RuntimeFailure(f"cannot connect to Ray at {address!r}: {exc}") from None

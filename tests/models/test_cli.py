@@ -36,9 +36,13 @@ def cantata(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 
 def test_run_json_prints_one_object_answered_by_smollm2_in_a_ray_actor():
     done = cantata(
-        "run", "examples/single.yaml", "--input", "What is the capital of France?", "--json"
-    )
+        "run", "examples/single.yaml", "--input", "What is the capital of France?", "--json",
+        "--log-format", "json", "--log-level", "debug",
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr
+    for line in done.stderr.splitlines():  # Ray's lines and the actors' are JSON too
+        if line.strip():
+            assert isinstance(json.loads(line), dict), line
     lines = done.stdout.strip().splitlines()
     assert len(lines) == 1
     result = json.loads(lines[0])
