@@ -13,8 +13,9 @@ To change what a model does around its backend (a cache, a guard, prompt rewriti
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from typing import Literal, TypeVar
 
 import structlog
@@ -149,21 +150,17 @@ class ModelActor:
             )
         return message
 
-    async def complete(self, request: ModelRequest) -> ModelReply:
-        """Answer one chat request with a normalized, stamped reply."""
-        request = self._admit(request, ModelRequest)
-        if not isinstance(self.backend, ModelBackend):
-            raise InvalidMessageError(f"{self.spec.name} is an embedding model; send embed()")
+    @contextlib.contextmanager
+    def _serving(self, request: Envelope) -> Iterator[None]:
+        """Bind the request to log lines, count it in flight, then as served or failed.
+
+        Errors leave as Cantata's typed errors: anything else a backend raises is wrapped in a
+        :class:`BackendError`, so no failure reaches the caller untyped.
+        """
         with bound(trace_id=request.trace_id, agent=self.spec.name, model=self.spec.name):
-            start = time.time()
             self.in_flight += 1
             try:
-                completion = await self._with_deadline(self.backend.complete(request), request)
-                structured = None
-                if request.response_format is not None:
-                    structured = parse_structured(
-                        completion.text, request.response_format, model=self.spec.name
-                    )
+                yield
             except BaseException as exc:
                 self.failed += 1
                 error = _typed(exc, self.spec.name)
@@ -171,9 +168,24 @@ class ModelActor:
                 if error is exc:
                     raise
                 raise error from exc
+            else:
+                self.served += 1
             finally:
                 self.in_flight -= 1
-            self.served += 1
+
+    async def complete(self, request: ModelRequest) -> ModelReply:
+        """Answer one chat request with a normalized, stamped reply."""
+        request = self._admit(request, ModelRequest)
+        if not isinstance(self.backend, ModelBackend):
+            raise InvalidMessageError(f"{self.spec.name} is an embedding model; send embed()")
+        with self._serving(request):
+            start = time.time()
+            completion = await self._with_deadline(self.backend.complete(request), request)
+            structured = None
+            if request.response_format is not None:
+                structured = parse_structured(
+                    completion.text, request.response_format, model=self.spec.name
+                )
             reply = self._reply(request, completion, structured, start, time.time())
             log.debug(
                 "model call",
@@ -234,25 +246,14 @@ class ModelActor:
         request = self._admit(request, EmbedRequest)
         if not isinstance(self.backend, EmbeddingBackend):
             raise InvalidMessageError(f"{self.spec.name} is a chat model; send complete()")
-        with bound(trace_id=request.trace_id, agent=self.spec.name, model=self.spec.name):
+        with self._serving(request):
             start = time.time()
-            self.in_flight += 1
-            try:
-                result = await self._with_deadline(
-                    self.backend.embed(
-                        request.texts, input_type=request.input_type, deadline=request.deadline
-                    ),
-                    request,
-                )
-            except BaseException as exc:
-                self.failed += 1
-                error = _typed(exc, self.spec.name)
-                if error is exc:
-                    raise
-                raise error from exc
-            finally:
-                self.in_flight -= 1
-            self.served += 1
+            result = await self._with_deadline(
+                self.backend.embed(
+                    request.texts, input_type=request.input_type, deadline=request.deadline
+                ),
+                request,
+            )
             end = time.time()
             where = self.identity()
             model = result.model or self.spec.name
