@@ -21,7 +21,10 @@
     ├── DeadlineExceededError            the request's deadline passed
     ├── BudgetExhaustedError             the request's token or cost budget ran out
     └── TopologyError
-        └── TopologySpecError            a topology file or object is invalid
+        ├── TopologySpecError            a topology file or object is invalid
+        ├── PlanValidationError          a planner's plan is unusable (``.problems``)
+        ├── AssignmentError              a supervisor assigned work to workers that do not exist
+        └── QuorumNotReachedError        too few members answered (``.failures``)
 
 Every error pickles with its fields, so it crosses Ray actors intact; the Ray runtime unwraps
 Ray's ``RayTaskError`` and re-raises the Cantata error inside it. Messages never contain secrets.
@@ -32,6 +35,7 @@ from __future__ import annotations
 __all__ = [
     "ActorDiedError",
     "ActorStartTimeoutError",
+    "AssignmentError",
     "BackendError",
     "BackendHTTPError",
     "BackendTimeoutError",
@@ -42,6 +46,8 @@ __all__ = [
     "InvalidMessageError",
     "MalformedResponseError",
     "MessageError",
+    "PlanValidationError",
+    "QuorumNotReachedError",
     "RateLimitedError",
     "RequestRejectedError",
     "RuntimeFailure",
@@ -176,3 +182,27 @@ class TopologyError(CantataError):
 
 class TopologySpecError(TopologyError):
     """A topology file or object is invalid; the message says where."""
+
+
+class PlanValidationError(TopologyError):
+    """A planner's plan is unusable: unknown executors, cycles, too many steps, bad references."""
+
+    def __init__(self, message: str, *, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or []
+
+
+class AssignmentError(TopologyError):
+    """A supervisor's assignments name workers that do not exist, or assign nothing."""
+
+    def __init__(self, message: str, *, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or []
+
+
+class QuorumNotReachedError(TopologyError):
+    """Fewer members answered than the quorum needs. ``failures`` maps member to its error."""
+
+    def __init__(self, message: str, *, failures: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.failures = failures or {}

@@ -1,25 +1,39 @@
-"""Per-request state a topology threads through its steps: trace, deadline, budget, spans."""
+"""Per-request state a topology threads through its steps: trace, deadline, budget, spans.
+
+Role agents and patterns reach models only through :class:`RequestContext`: ``ask`` for one
+model call, ``call_member`` for a member that may be a model or a nested topology, and
+``gather`` for the parallel branches of fan-outs, votes and ensembles (per-member deadline,
+quorum, every failure reported, nothing hung).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from cantata.agents import (
     Budget,
     BudgetExhaustedError,
+    CantataError,
+    DeadlineExceededError,
     EmbedReply,
     EmbedRequest,
     JsonSchemaFormat,
+    MemberReply,
     ModelReply,
     ModelRequest,
+    ModelSpec,
+    QuorumNotReachedError,
     Span,
     Usage,
     new_id,
 )
 
+from ._dispatch import run_pattern
+from ._outcome import Outcome
 from ._prompt import PromptTemplate
 from ._runtime import ModelHandle
 
@@ -43,11 +57,11 @@ class RequestContext:
         """Time a role agent's step as a span; yields the span id for its children."""
         span_id = new_id()
         start = time.time()
-        status, error = "ok", None
+        error: str | None = None
         try:
             yield span_id
         except BaseException as exc:
-            status, error = "error", f"{type(exc).__name__}: {exc}"
+            error = f"{type(exc).__name__}: {exc}"
             raise
         finally:
             end = time.time()
@@ -60,10 +74,16 @@ class RequestContext:
                     start=start,
                     end=end,
                     latency_ms=(end - start) * 1000,
-                    status=status,
+                    status="ok" if error is None else "error",
                     error=error,
                 )
             )
+
+    def _deadline(self, timeout_s: float | None) -> float | None:
+        if timeout_s is None:
+            return self.deadline
+        member_deadline = time.time() + timeout_s
+        return member_deadline if self.deadline is None else min(self.deadline, member_deadline)
 
     async def ask(
         self,
@@ -75,6 +95,8 @@ class RequestContext:
         max_tokens: int = 256,
         temperature: float = 0.0,
         response_format: JsonSchemaFormat | None = None,
+        timeout_s: float | None = None,
+        values: dict[str, str] | None = None,
     ) -> ModelReply:
         """Send ``text`` through ``prompt`` to ``model``; record its span and spend its cost."""
         if self.budget.exhausted:
@@ -82,9 +104,9 @@ class RequestContext:
         request = ModelRequest(
             trace_id=self.trace_id,
             parent_span_id=parent_id,
-            deadline=self.deadline,
+            deadline=self._deadline(timeout_s),
             budget=self.budget,
-            messages=prompt.render(text),
+            messages=prompt.render(text, **(values or {})),
             max_tokens=max_tokens,
             temperature=temperature,
             response_format=response_format,
@@ -112,3 +134,96 @@ class RequestContext:
         self.spans.append(reply.span)
         self.usage += reply.usage
         return reply
+
+    async def call_member(
+        self,
+        member: object,
+        text: str,
+        *,
+        prompt: PromptTemplate,
+        parent_id: str,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        timeout_s: float | None = None,
+        values: dict[str, str] | None = None,
+    ) -> Outcome:
+        """Ask a member: a model (through ``prompt``), or a nested topology (given ``text``).
+
+        A nested topology runs in a step span of its own and applies its own prompts.
+        """
+        if isinstance(member, ModelSpec):
+            reply = await self.ask(
+                member.name,
+                text,
+                prompt=prompt,
+                parent_id=parent_id,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                timeout_s=timeout_s,
+                values=values,
+            )
+            return Outcome(text=reply.text, structured=reply.structured)
+        name = str(getattr(member, "name", type(member).__name__))
+        with self.step(name, parent_id) as step_id:
+            call = run_pattern(member, text, self, step_id)
+            if timeout_s is None:
+                return await call
+            try:
+                return await asyncio.wait_for(call, timeout_s)
+            except TimeoutError:
+                raise DeadlineExceededError(
+                    f"member '{name}' did not answer within {timeout_s:g}s"
+                ) from None
+
+    async def gather(
+        self,
+        members: Sequence[object],
+        text: str,
+        *,
+        prompt: PromptTemplate,
+        parent_id: str,
+        needed: int,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        timeout_s: float | None = None,
+    ) -> tuple[MemberReply, ...]:
+        """Ask every member at once; return every reply or failure, in member order.
+
+        Each member has ``timeout_s`` (and the request's deadline); a slow or failing member
+        becomes a reply with ``error`` set. Raises :class:`QuorumNotReachedError` when fewer
+        than ``needed`` members answered.
+        """
+
+        async def one(member: object) -> MemberReply:
+            name = str(getattr(member, "name", "member"))
+            start = time.time()
+            try:
+                outcome = await self.call_member(
+                    member,
+                    text,
+                    prompt=prompt,
+                    parent_id=parent_id,
+                    max_tokens=max_tokens,
+                    temperature=temperature,
+                    timeout_s=timeout_s,
+                )
+            except CantataError as exc:
+                return MemberReply(
+                    member=name,
+                    error=f"{type(exc).__name__}: {exc}",
+                    latency_ms=(time.time() - start) * 1000,
+                )
+            return MemberReply(
+                member=name, text=outcome.text, latency_ms=(time.time() - start) * 1000
+            )
+
+        replies = tuple(await asyncio.gather(*(one(member) for member in members)))
+        answered = sum(1 for reply in replies if reply.ok)
+        if answered < needed:
+            failures = {reply.member: reply.error or "" for reply in replies if not reply.ok}
+            raise QuorumNotReachedError(
+                f"{answered} of {len(replies)} members answered; {needed} needed"
+                f" (failed: {', '.join(sorted(failures))})",
+                failures=failures,
+            )
+        return replies

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from pydantic import JsonValue
 
-from cantata.agents import Frozen
+from cantata.agents import Decision, Frozen, MemberReply, Plan, Route
 
 __all__ = ["Outcome"]
 
 
 class Outcome(Frozen):
-    """A pattern's answer. Patterns with routes, votes or plans extend it."""
+    """A pattern's answer, and what the pattern decided on the way."""
 
     text: str
     structured: JsonValue = None
+    route: Route | None = None
+    decision: Decision | None = None
+    plan: Plan | None = None
+    rounds: int | None = None
+    replies: tuple[MemberReply, ...] | None = None

@@ -1,4 +1,4 @@
-"""Prompt templates: a system message and a user message with ``{input}`` filled in."""
+"""Prompt templates: a system message and a user message with placeholders filled in."""
 
 from __future__ import annotations
 
@@ -8,18 +8,26 @@ __all__ = ["PromptTemplate"]
 
 
 class PromptTemplate(Frozen):
-    """``{input}`` in ``user`` (and ``system``) is replaced by the request text.
+    """``{input}`` (and any other named value the pattern passes) is replaced in both messages.
 
-    Only ``{input}`` is substituted; other braces, such as JSON examples, are left as written.
+    Patterns pass ``{input}`` (the text for this step) and where it applies ``{original}`` (the
+    request as the user sent it). Other braces, such as JSON examples, are left as written.
     """
 
     system: str | None = None
     user: str = "{input}"
 
-    def render(self, text: str) -> tuple[ChatMessage, ...]:
+    def render(self, text: str, **values: str) -> tuple[ChatMessage, ...]:
         """The chat turns for ``text``."""
+        values = {"input": text, **values}
         turns = []
         if self.system:
-            turns.append(ChatMessage(role="system", content=self.system.replace("{input}", text)))
-        turns.append(ChatMessage(role="user", content=self.user.replace("{input}", text)))
+            turns.append(ChatMessage(role="system", content=_fill(self.system, values)))
+        turns.append(ChatMessage(role="user", content=_fill(self.user, values)))
         return tuple(turns)
+
+
+def _fill(template: str, values: dict[str, str]) -> str:
+    for name, value in values.items():
+        template = template.replace("{" + name + "}", value)
+    return template

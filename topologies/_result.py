@@ -6,13 +6,20 @@ from typing import Any
 
 from pydantic import Field, JsonValue, NonNegativeFloat
 
-from cantata.agents import Frozen, Span, Usage
+from cantata.agents import Decision, Frozen, MemberReply, Plan, Route, Span, Usage
 
 __all__ = ["RunResult"]
 
+_PATTERN_FIELDS = ("route", "decision", "plan", "rounds", "replies")
+
 
 class RunResult(Frozen):
-    """The result contract of ``cantata run --json``; fields are only ever added."""
+    """The result contract of ``cantata run --json``; fields are only ever added.
+
+    ``route``, ``decision``, ``plan``, ``rounds`` and ``replies`` are set by the patterns that
+    have them (router; vote, consensus, weighted ensemble; planner; supervisor; parallel
+    patterns) and left out of the JSON otherwise.
+    """
 
     topology: str
     pattern: str
@@ -23,7 +30,16 @@ class RunResult(Frozen):
     cost_usd: NonNegativeFloat = 0.0
     latency_ms: NonNegativeFloat
     trace: tuple[Span, ...] = Field(description="The root span first, then in start order.")
+    route: Route | None = None
+    decision: Decision | None = None
+    plan: Plan | None = None
+    rounds: int | None = None
+    replies: tuple[MemberReply, ...] | None = None
 
     def to_json_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (the ``--json`` output)."""
-        return self.model_dump(mode="json")
+        """A JSON-ready dict (the ``--json`` output), without the pattern fields left unset."""
+        data = self.model_dump(mode="json")
+        for name in _PATTERN_FIELDS:
+            if data[name] is None:
+                del data[name]
+        return data

@@ -3,23 +3,29 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from collections.abc import Mapping
 
 from cantata.agents import Budget, Span, new_id
 
+# Each pattern module registers its runner with _dispatch when imported.
+from . import (  # noqa: F401
+    _consensus,
+    _fanout,
+    _pipeline,
+    _planner,
+    _router,
+    _single,
+    _supervisor,
+    _vote,
+    _weighted,
+)
 from ._context import RequestContext
-from ._outcome import Outcome
+from ._dispatch import run_pattern
 from ._result import RunResult
 from ._runtime import ModelHandle, Runtime
-from ._single import run_single
-from ._spec import SingleSpec, TopologySpec
+from ._spec import TopologySpec
 
 __all__ = ["answer", "run_topology"]
-
-PatternRunner = Callable[[Any, str, RequestContext, str], Awaitable[Outcome]]
-
-_PATTERNS: dict[type, PatternRunner] = {SingleSpec: run_single}
 
 
 async def answer(
@@ -36,10 +42,9 @@ async def answer(
         deadline=None if spec.timeout_s is None else time.time() + spec.timeout_s,
         budget=Budget(tokens=spec.max_tokens_budget),
     )
-    runner = _PATTERNS[type(spec)]
     start = time.time()
     with ctx.step(spec.name, None) as root_id:
-        outcome = await runner(spec, text, ctx, root_id)
+        outcome = await run_pattern(spec, text, ctx, root_id)
     latency_ms = (time.time() - start) * 1000
     return RunResult(
         topology=spec.name,
@@ -51,6 +56,11 @@ async def answer(
         cost_usd=ctx.cost_usd,
         latency_ms=latency_ms,
         trace=_ordered(ctx.spans, root_id),
+        route=outcome.route,
+        decision=outcome.decision,
+        plan=outcome.plan,
+        rounds=outcome.rounds,
+        replies=outcome.replies,
     )
 
 

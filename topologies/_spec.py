@@ -1,28 +1,89 @@
 """Topology specs: typed, validated data, written in Python or YAML.
 
-A spec names its ``pattern``; that picks the spec class. Load a YAML file with
-:func:`load_topology`; every problem comes back as a :class:`~cantata.agents.TopologySpecError`
-that says where in the file it is.
+A spec names its ``pattern``; that picks the spec class. Wherever a spec takes a *member*, the
+member is either a model (a :class:`~cantata.agents.ModelSpec`) or a whole topology (anything
+with a ``pattern``), so topologies nest. Load a YAML file with :func:`load_topology`; every
+problem comes back as a :class:`~cantata.agents.TopologySpecError` that says where it is.
 """
 
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, PositiveInt, TypeAdapter, ValidationError
+from pydantic import (
+    Discriminator,
+    Field,
+    PositiveInt,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
 from cantata.agents import Frozen, ModelSpec, TopologySpecError
 
 from ._prompt import PromptTemplate
 
-__all__ = ["SingleSpec", "TopologySpec", "load_topology", "parse_topology"]
+__all__ = [
+    "ConsensusSpec",
+    "EmbeddingClassifier",
+    "FanoutSpec",
+    "Grouping",
+    "JudgeSpec",
+    "Label",
+    "Member",
+    "ModelClassifier",
+    "PipelineSpec",
+    "PlannerExecutorSpec",
+    "RouterSpec",
+    "SingleSpec",
+    "Stage",
+    "SupervisorWorkerSpec",
+    "TopologySpec",
+    "VoteSpec",
+    "WeightedEnsembleSpec",
+    "WeightedMember",
+    "WorkerRole",
+    "load_topology",
+    "member_name",
+    "parse_topology",
+]
+
+_NAME = r"^[A-Za-z][A-Za-z0-9_.-]{0,62}$"
 
 
-class _TopologyBase(Frozen):
-    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_.-]{0,62}$")
+def _member_tag(value: object) -> str:
+    if isinstance(value, dict):
+        return "topology" if "pattern" in value else "model"
+    return "model" if isinstance(value, ModelSpec) else "topology"
+
+
+Member = Annotated[
+    Annotated[ModelSpec, Tag("model")] | Annotated["TopologySpec", Tag("topology")],
+    Discriminator(_member_tag),
+]
+"""A model, or a nested topology (anything with a ``pattern`` key)."""
+
+
+def member_name(member: ModelSpec | _TopologyBase) -> str:
+    """The name a member is known by in traces and results."""
+    return member.name
+
+
+class Generation(Frozen):
+    """How members are asked: the prompt around the input, and sampling settings."""
+
+    prompt: PromptTemplate = Field(default_factory=PromptTemplate)
+    max_tokens: PositiveInt = 256
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+
+
+class _TopologyBase(Frozen, abc.ABC):
+    name: str = Field(pattern=_NAME)
     description: str = ""
     timeout_s: float | None = Field(
         default=300.0, gt=0, description="Deadline for one request, seconds; null for none."
@@ -32,33 +93,328 @@ class _TopologyBase(Frozen):
     )
 
     @abc.abstractmethod
+    def members(self) -> Iterator[ModelSpec | _TopologyBase]:
+        """The models and nested topologies this topology uses directly."""
+
     def models(self) -> tuple[ModelSpec, ...]:
-        """Every model this topology starts."""
+        """Every model this topology (and every nested one) starts, each name once.
+
+        The same spec may appear in several roles (a YAML anchor, say) and runs as one actor;
+        two different specs with one name are an error.
+        """
+        found: dict[str, ModelSpec] = {}
+        for model in self._walk_models():
+            if model.name in found and found[model.name] != model:
+                raise TopologySpecError(
+                    f"topology '{self.name}' has two different models named '{model.name}'"
+                )
+            found[model.name] = model
+        return tuple(found.values())
+
+    def _walk_models(self) -> Iterator[ModelSpec]:
+        for member in self.members():
+            if isinstance(member, ModelSpec):
+                yield member
+            else:
+                yield from member._walk_models()
 
 
-class SingleSpec(_TopologyBase):
+class SingleSpec(_TopologyBase, Generation):
     """One model answers the request."""
 
     pattern: Literal["single"] = "single"
     model: ModelSpec
-    prompt: PromptTemplate = Field(default_factory=PromptTemplate)
-    max_tokens: PositiveInt = 256
-    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
 
-    def models(self) -> tuple[ModelSpec, ...]:
-        return (self.model,)
+    def members(self) -> Iterator[ModelSpec | _TopologyBase]:
+        yield self.model
 
 
-TopologySpec = Annotated[SingleSpec, Field(discriminator="pattern")]
+class Stage(Generation):
+    """A pipeline stage. ``{input}``: the previous stage's output; ``{original}``: the request."""
+
+    member: Member
+
+
+class PipelineSpec(_TopologyBase):
+    """Each stage's output feeds the next; the last stage's output is the answer."""
+
+    pattern: Literal["pipeline"] = "pipeline"
+    stages: tuple[Stage, ...] = Field(min_length=1)
+
+    def members(self) -> Iterator[ModelSpec | _TopologyBase]:
+        for stage in self.stages:
+            yield stage.member
+
+
+class Label(Frozen):
+    """A route label: a description, labelled examples, or both."""
+
+    description: str = ""
+    examples: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _has_text(self) -> Label:
+        if not self.description and not self.examples:
+            raise ValueError("a label needs a description or examples")
+        return self
+
+
+class EmbeddingClassifier(Frozen):
+    """Scores labels by cosine similarity between the request and each label's texts."""
+
+    type: Literal["embedding"] = "embedding"
+    model: ModelSpec
+    labels: dict[str, Label] = Field(min_length=1)
+
+
+class ModelClassifier(Frozen):
+    """Asks a model to pick a label; its output is constrained to the label set."""
+
+    type: Literal["model"] = "model"
+    model: ModelSpec
+    labels: dict[str, Label] = Field(min_length=1)
+    instructions: str = "Classify the user's message. Pick the one label that fits best."
+
+
+class RouterSpec(_TopologyBase, Generation):
+    """A classifier picks the specialist; ``default`` takes what no label fits confidently."""
+
+    pattern: Literal["router"] = "router"
+    classifier: Annotated[EmbeddingClassifier | ModelClassifier, Field(discriminator="type")]
+    routes: dict[str, Member] = Field(min_length=1)
+    default: str
+    threshold: float = Field(default=0.0, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _routes_cover_labels(self) -> RouterSpec:
+        if self.default not in self.routes:
+            raise ValueError(f"default route '{self.default}' is not among the routes")
+        unknown = sorted(set(self.routes) - set(self.classifier.labels) - {self.default})
+        if unknown:
+            raise ValueError(f"routes {unknown} are not classifier labels")
+        return self
+
+    def members(self) -> Iterator[ModelSpec | _TopologyBase]:
+        yield self.classifier.model
+        yield from self.routes.values()
+
+
+class _Parallel(_TopologyBase, Generation):
+    members_: tuple[Member, ...] = Field(alias="members", min_length=1)
+    quorum: PositiveInt | None = Field(
+        default=None, description="Answers needed; default: a majority of the members."
+    )
+    member_timeout_s: float | None = Field(
+        default=None, gt=0, description="Per-member deadline; slower members count as failed."
+    )
+
+    @model_validator(mode="after")
+    def _quorum_fits(self) -> _Parallel:
+        if self.quorum is not None and self.quorum > len(self.members_):
+            raise ValueError(f"quorum {self.quorum} exceeds the {len(self.members_)} members")
+        names = [member_name(m) for m in self.members_]
+        if len(set(names)) != len(names):
+            raise ValueError(f"member names must be distinct: {names}")
+        return self
+
+    def needed(self) -> int:
+        """Answers required before the request may proceed."""
+        return self.quorum or len(self.members_) // 2 + 1
+
+    def members(self) -> Iterator[ModelSpec | _TopologyBase]:
+        yield from self.members_
+
+
+class FanoutSpec(_Parallel):
+    """Every member gets the request at once; every reply (and every failure) is returned."""
+
+    pattern: Literal["fanout"] = "fanout"
+
+
+class Grouping(Frozen):
+    """How answers are judged the same: exact after normalization, or by embedding similarity."""
+
+    mode: Literal["exact", "semantic"] = "exact"
+    embedder: ModelSpec | None = None
+    threshold: float = Field(default=0.85, gt=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _semantic_needs_embedder(self) -> Grouping:
+        if self.mode == "semantic" and self.embedder is None:
+            raise ValueError("semantic grouping needs an embedder model")
+        return self
+
+
+class VoteSpec(_Parallel):
+    """Majority vote; ties go to the group holding the earliest-listed member."""
+
+    pattern: Literal["vote"] = "vote"
+    grouping: Grouping = Field(default_factory=Grouping)
+
+    def members(self) -> Iterator[ModelSpec | _TopologyBase]:
+        yield from super().members()
+        if self.grouping.embedder is not None:
+            yield self.grouping.embedder
+
+
+class ConsensusSpec(_Parallel):
+    """The largest agreeing group wins if it reaches ``threshold``; else ``escalate_to`` answers."""
+
+    pattern: Literal["consensus"] = "consensus"
+    grouping: Grouping = Field(default_factory=Grouping)
+    threshold: float = Field(default=0.7, gt=0.0, le=1.0)
+    escalate_to: Member
+
+    def members(self) -> Iterator[ModelSpec | _TopologyBase]:
+        yield from super().members()
+        yield self.escalate_to
+        if self.grouping.embedder is not None:
+            yield self.grouping.embedder
+
+
+class WeightedMember(Frozen):
+    """An ensemble member and the weight its scores are multiplied by."""
+
+    member: Member
+    weight: float = Field(default=1.0, gt=0.0)
+
+
+class JudgeSpec(Frozen):
+    """A judge model scoring each answer from 0 to ``scale`` with constrained numeric output."""
+
+    model: ModelSpec
+    scale: PositiveInt = 10
+    instructions: str = (
+        "Rate how well the answer responds to the question, from 0 (wrong or off-topic) "
+        "to {scale} (correct and complete)."
+    )
+
+
+Scorer = Callable[[str, str], float]
+"""A scoring function: ``scorer(question, answer) -> score`` (higher is better)."""
+
+
+class WeightedEnsembleSpec(_TopologyBase, Generation):
+    """Every member answers; each answer's score times its weight, pooled per group, decides."""
+
+    pattern: Literal["weighted_ensemble"] = "weighted_ensemble"
+    ensemble: tuple[WeightedMember, ...] = Field(alias="members", min_length=1)
+    judge: JudgeSpec | None = None
+    scorer: Scorer | None = Field(default=None, description="Python only: score without a judge.")
+    grouping: Grouping = Field(default_factory=Grouping)
+    quorum: PositiveInt | None = None
+    member_timeout_s: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_evaluator(self) -> WeightedEnsembleSpec:
+        if (self.judge is None) == (self.scorer is None):
+            raise ValueError("give exactly one evaluator: a judge model or a scorer function")
+        return self
+
+    def needed(self) -> int:
+        """Answers required before scoring."""
+        return self.quorum or len(self.ensemble) // 2 + 1
+
+    def members(self) -> Iterator[ModelSpec | _TopologyBase]:
+        for weighted in self.ensemble:
+            yield weighted.member
+        if self.judge is not None:
+            yield self.judge.model
+        if self.grouping.embedder is not None:
+            yield self.grouping.embedder
+
+
+class PlannerExecutorSpec(_TopologyBase, Generation):
+    """A planner writes a typed plan; executors run its steps (in parallel where independent)."""
+
+    pattern: Literal["planner_executor"] = "planner_executor"
+    planner: ModelSpec
+    executors: dict[str, Member] = Field(min_length=1)
+    max_steps: PositiveInt = Field(default=5, le=20)
+    repair_attempts: int = Field(default=1, ge=0, le=3)
+    plan_max_tokens: PositiveInt = 384
+    instructions: str = (
+        "Break the user's request into a few small steps. Each step names the executor type "
+        "that should do it, a self-contained prompt, and the ids of steps whose results it needs."
+    )
+    synthesis: PromptTemplate = Field(
+        default_factory=lambda: PromptTemplate(
+            system="Answer the request using the step results. Be concise.",
+            user="Request: {original}\n\nStep results:\n{input}",
+        )
+    )
+
+    @model_validator(mode="after")
+    def _executor_names(self) -> PlannerExecutorSpec:
+        bad = [name for name in self.executors if not name.replace("_", "").isalnum()]
+        if bad:
+            raise ValueError(f"executor types must be letters, digits and underscores: {bad}")
+        return self
+
+    def members(self) -> Iterator[ModelSpec | _TopologyBase]:
+        yield self.planner
+        yield from self.executors.values()
+
+
+class WorkerRole(Frozen):
+    """A named worker: what it is good at (shown to the supervisor) and who does the work."""
+
+    description: str
+    member: Member
+
+
+class SupervisorWorkerSpec(_TopologyBase, Generation):
+    """A supervisor assigns tasks to named workers, reviews their work, and may send it back."""
+
+    pattern: Literal["supervisor_worker"] = "supervisor_worker"
+    supervisor: ModelSpec
+    workers: dict[str, WorkerRole] = Field(min_length=1)
+    max_rounds: PositiveInt = Field(default=2, le=5)
+    supervisor_max_tokens: PositiveInt = 384
+    instructions: str = "You lead a team. Split the user's request into tasks for your workers."
+
+    def members(self) -> Iterator[ModelSpec | _TopologyBase]:
+        yield self.supervisor
+        for worker in self.workers.values():
+            yield worker.member
+
+
+TopologySpec = Annotated[
+    SingleSpec
+    | PipelineSpec
+    | RouterSpec
+    | FanoutSpec
+    | VoteSpec
+    | ConsensusSpec
+    | WeightedEnsembleSpec
+    | PlannerExecutorSpec
+    | SupervisorWorkerSpec,
+    Field(discriminator="pattern"),
+]
 """Every pattern's spec, discriminated by ``pattern``."""
+
+for _spec in (
+    Stage,
+    PipelineSpec,
+    RouterSpec,
+    FanoutSpec,
+    VoteSpec,
+    ConsensusSpec,
+    WeightedMember,
+    WeightedEnsembleSpec,
+    PlannerExecutorSpec,
+    WorkerRole,
+    SupervisorWorkerSpec,
+):
+    _spec.model_rebuild()
 
 _ADAPTER: TypeAdapter[TopologySpec] = TypeAdapter(TopologySpec)
 
 
-def parse_topology(data: object, *, source: str = "<topology>") -> SingleSpec:
+def parse_topology(data: object, *, source: str = "<topology>") -> TopologySpec:
     """Validate a topology given as a dict (parsed YAML) or a spec object."""
     try:
-        return _ADAPTER.validate_python(data)
+        spec = _ADAPTER.validate_python(data)
     except ValidationError as exc:
         problems = [
             f"  {'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
@@ -67,13 +423,15 @@ def parse_topology(data: object, *, source: str = "<topology>") -> SingleSpec:
         raise TopologySpecError(
             f"{source} is not a valid topology:\n" + "\n".join(problems)
         ) from None
+    spec.models()  # name clashes between different models surface now, not at run time
+    return spec
 
 
-def load_topology(path: str | Path) -> SingleSpec:
+def load_topology(path: str | Path) -> TopologySpec:
     """Read and validate a topology YAML file."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise TopologySpecError(f"cannot read {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:

@@ -1,0 +1,51 @@
+"""The ``consensus`` pattern: agree enough, or escalate to a stronger model."""
+
+from __future__ import annotations
+
+from ._context import RequestContext
+from ._dispatch import register
+from ._grouping import group_answers
+from ._outcome import Outcome
+from ._spec import ConsensusSpec
+from ._vote import Voter, ballots_from
+
+__all__ = ["run_consensus"]
+
+
+@register(ConsensusSpec)
+async def run_consensus(
+    spec: ConsensusSpec, text: str, ctx: RequestContext, parent_id: str
+) -> Outcome:
+    """Members answer; if the largest group's share reaches the threshold it wins.
+
+    The share counts every member, answered or not: a member that failed did not agree.
+    Otherwise ``escalate_to`` answers the request and ``decision.escalated`` is true.
+    """
+    replies = await ctx.gather(
+        spec.members_,
+        text,
+        prompt=spec.prompt,
+        parent_id=parent_id,
+        needed=spec.needed(),
+        max_tokens=spec.max_tokens,
+        temperature=spec.temperature,
+        timeout_s=spec.member_timeout_s,
+    )
+    ballots = ballots_from(replies)
+    with ctx.step("consensus", parent_id) as step_id:
+        groups = await group_answers([b.answer for b in ballots], spec.grouping, ctx, step_id)
+        decision = Voter().decide(ballots, groups)
+        share = decision.tally.get(decision.winner, 0.0) / len(replies)
+        decision = decision.model_copy(update={"agreement": share})
+        if share >= spec.threshold:
+            return Outcome(text=decision.winner, decision=decision, replies=replies)
+        escalated = await ctx.call_member(
+            spec.escalate_to,
+            text,
+            prompt=spec.prompt,
+            parent_id=step_id,
+            max_tokens=spec.max_tokens,
+            temperature=spec.temperature,
+        )
+    decision = decision.model_copy(update={"winner": escalated.text, "escalated": True})
+    return Outcome(text=escalated.text, decision=decision, replies=replies)

@@ -1,0 +1,32 @@
+"""The ``fanout`` pattern: every member answers at once; every reply comes back."""
+
+from __future__ import annotations
+
+from ._context import RequestContext
+from ._dispatch import register
+from ._outcome import Outcome
+from ._spec import FanoutSpec
+
+__all__ = ["run_fanout"]
+
+
+@register(FanoutSpec)
+async def run_fanout(spec: FanoutSpec, text: str, ctx: RequestContext, parent_id: str) -> Outcome:
+    """Ask all members in parallel; the text lists each answer (or failure) under its member."""
+    replies = await ctx.gather(
+        spec.members_,
+        text,
+        prompt=spec.prompt,
+        parent_id=parent_id,
+        needed=spec.needed(),
+        max_tokens=spec.max_tokens,
+        temperature=spec.temperature,
+        timeout_s=spec.member_timeout_s,
+    )
+    lines = [
+        f"[{r.member}] {r.text.strip()}"
+        if r.text is not None
+        else f"[{r.member}] failed: {r.error}"
+        for r in replies
+    ]
+    return Outcome(text="\n".join(lines), replies=replies)

@@ -1,0 +1,30 @@
+"""The ``pipeline`` pattern: each stage's output is the next stage's input."""
+
+from __future__ import annotations
+
+from ._context import RequestContext
+from ._dispatch import register
+from ._outcome import Outcome
+from ._spec import PipelineSpec, member_name
+
+__all__ = ["run_pipeline"]
+
+
+@register(PipelineSpec)
+async def run_pipeline(
+    spec: PipelineSpec, text: str, ctx: RequestContext, parent_id: str
+) -> Outcome:
+    """Run the stages in order; ``{original}`` in a stage's prompt is the request itself."""
+    current = Outcome(text=text)
+    for index, stage in enumerate(spec.stages):
+        with ctx.step(f"stage-{index + 1}:{member_name(stage.member)}", parent_id) as step_id:
+            current = await ctx.call_member(
+                stage.member,
+                current.text,
+                prompt=stage.prompt,
+                parent_id=step_id,
+                max_tokens=stage.max_tokens,
+                temperature=stage.temperature,
+                values={"original": text},
+            )
+    return current

@@ -1,0 +1,139 @@
+"""The ``planner_executor`` pattern, and the :class:`Planner` role.
+
+The planner writes a :class:`~cantata.agents.Plan` with schema-constrained output; the plan is
+validated (and sent back once for repair if it fails); steps run on the executors of their type
+as soon as the steps they depend on are done, so independent steps run in parallel; the planner
+then synthesizes the answer from the step results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from cantata.agents import (
+    CantataError,
+    Plan,
+    PlanStep,
+    PlanValidationError,
+    StepResult,
+    StructuredOutputError,
+)
+
+from ._context import RequestContext
+from ._dispatch import register
+from ._outcome import Outcome
+from ._plan import plan_schema, validate_plan
+from ._prompt import PromptTemplate
+from ._spec import PlannerExecutorSpec
+
+__all__ = ["Planner", "run_planner_executor"]
+
+
+class Planner:
+    """Writes and repairs plans, and synthesizes the answer. Subclass to change its prompts."""
+
+    def __init__(self, spec: PlannerExecutorSpec) -> None:
+        self.spec = spec
+        self.schema = plan_schema(spec.executors, spec.max_steps)
+        executors = ", ".join(sorted(spec.executors))
+        self.prompt = PromptTemplate(
+            system=(
+                f"{spec.instructions}\nExecutor types: {executors}. At most {spec.max_steps}"
+                ' steps. Reply with JSON: {"steps": [{"id": "s1", "executor": "<type>",'
+                ' "prompt": "...", "depends_on": []}]}.'
+            )
+        )
+
+    async def plan(self, request: str, ctx: RequestContext, parent_id: str) -> Plan:
+        """A validated plan; one that fails validation is sent back with its problems."""
+        text = request
+        for attempt in range(self.spec.repair_attempts + 1):
+            try:
+                reply = await ctx.ask(
+                    self.spec.planner.name,
+                    text,
+                    prompt=self.prompt,
+                    parent_id=parent_id,
+                    max_tokens=self.spec.plan_max_tokens,
+                    response_format=self.schema,
+                )
+                return validate_plan(reply.structured, self.spec.executors, self.spec.max_steps)
+            except (PlanValidationError, StructuredOutputError) as exc:
+                if attempt == self.spec.repair_attempts:
+                    if isinstance(exc, PlanValidationError):
+                        raise
+                    raise PlanValidationError(
+                        f"the planner did not produce a valid plan: {exc}", problems=[str(exc)]
+                    ) from None
+                text = (
+                    f"{request}\n\nYour previous plan was rejected: {exc}\nWrite a corrected plan."
+                )
+        raise PlanValidationError("unreachable: the repair loop always returns or raises")
+
+    async def synthesize(
+        self, request: str, results: list[StepResult], ctx: RequestContext, parent_id: str
+    ) -> str:
+        """The final answer from the step results."""
+        listing = "\n".join(f"[{r.step_id}] {r.text.strip()}" for r in results)
+        reply = await ctx.ask(
+            self.spec.planner.name,
+            listing,
+            prompt=self.spec.synthesis,
+            parent_id=parent_id,
+            max_tokens=self.spec.max_tokens,
+            temperature=self.spec.temperature,
+            values={"original": request},
+        )
+        return reply.text
+
+
+async def _execute(
+    spec: PlannerExecutorSpec, plan: Plan, ctx: RequestContext, parent_id: str
+) -> list[StepResult]:
+    done: dict[str, asyncio.Future[StepResult]] = {}
+    loop = asyncio.get_running_loop()
+    for step in plan.steps:
+        done[step.id] = loop.create_future()
+
+    async def run(step: PlanStep) -> StepResult:
+        inputs = [await done[dependency] for dependency in step.depends_on]
+        text = step.prompt
+        if inputs:
+            text += "\n\nResults you can use:\n" + "\n".join(
+                f"[{r.step_id}] {r.text.strip()}" for r in inputs
+            )
+        with ctx.step(f"step:{step.id}:{step.executor}", parent_id) as step_id:
+            outcome = await ctx.call_member(
+                spec.executors[step.executor],
+                text,
+                prompt=spec.prompt,
+                parent_id=step_id,
+                max_tokens=spec.max_tokens,
+                temperature=spec.temperature,
+            )
+        result = StepResult(step_id=step.id, executor=step.executor, text=outcome.text)
+        done[step.id].set_result(result)
+        return result
+
+    tasks = [asyncio.create_task(run(step)) for step in plan.steps]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except CantataError:
+        for task in tasks:
+            task.cancel()
+        raise
+
+
+@register(PlannerExecutorSpec)
+async def run_planner_executor(
+    spec: PlannerExecutorSpec, text: str, ctx: RequestContext, parent_id: str
+) -> Outcome:
+    """Plan, execute the steps on their executors, synthesize."""
+    planner = Planner(spec)
+    with ctx.step("planner", parent_id) as planner_id:
+        plan = await planner.plan(text, ctx, planner_id)
+    with ctx.step("executors", parent_id) as executors_id:
+        results = await _execute(spec, plan, ctx, executors_id)
+    with ctx.step("synthesis", parent_id) as synthesis_id:
+        answer = await planner.synthesize(text, results, ctx, synthesis_id)
+    return Outcome(text=answer, plan=plan)

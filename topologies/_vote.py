@@ -1,0 +1,76 @@
+"""The ``vote`` pattern, and the :class:`Voter` role that tallies ballots."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from cantata.agents import Ballot, Decision, MemberReply
+
+from ._context import RequestContext
+from ._dispatch import register
+from ._grouping import AnswerGroup, group_answers
+from ._outcome import Outcome
+from ._spec import VoteSpec
+
+__all__ = ["Voter", "ballots_from", "run_vote"]
+
+
+def ballots_from(
+    replies: Sequence[MemberReply], weights: Sequence[float] | None = None
+) -> list[Ballot]:
+    """One ballot per member that answered (failed members do not vote)."""
+    weights = weights or [1.0] * len(replies)
+    return [
+        Ballot(member=reply.member, answer=reply.text or "", weight=weight)
+        for reply, weight in zip(replies, weights, strict=True)
+        if reply.ok
+    ]
+
+
+class Voter:
+    """Tallies ballots over answer groups. Subclass to change how votes count.
+
+    Each group's votes are the sum of its ballots' ``score`` (when scored) or ``weight``. The
+    group with the most votes wins; a tie goes to the group that holds the earliest ballot, so
+    the result never depends on timing. ``agreement`` is the winner's share of all votes.
+    """
+
+    def votes(self, ballot: Ballot) -> float:
+        """What one ballot counts for."""
+        return ballot.score if ballot.score is not None else ballot.weight
+
+    def decide(self, ballots: Sequence[Ballot], groups: Sequence[AnswerGroup]) -> Decision:
+        """The decision for ``ballots`` grouped as ``groups`` (indices into ``ballots``)."""
+        tally: dict[str, float] = {}
+        for group in groups:
+            votes = sum(self.votes(ballots[i]) for i in group.indices)
+            tally[group.representative] = tally.get(group.representative, 0.0) + votes
+        total = sum(tally.values())
+        # dicts keep insertion order, and groups come in order of their first ballot.
+        winner = max(tally, key=lambda answer: tally[answer]) if tally else ""
+        return Decision(
+            winner=winner,
+            tally=tally,
+            agreement=tally.get(winner, 0.0) / total if total else 0.0,
+            ballots=tuple(ballots),
+        )
+
+
+@register(VoteSpec)
+async def run_vote(spec: VoteSpec, text: str, ctx: RequestContext, parent_id: str) -> Outcome:
+    """Members answer in parallel; the largest group of equal answers wins."""
+    replies = await ctx.gather(
+        spec.members_,
+        text,
+        prompt=spec.prompt,
+        parent_id=parent_id,
+        needed=spec.needed(),
+        max_tokens=spec.max_tokens,
+        temperature=spec.temperature,
+        timeout_s=spec.member_timeout_s,
+    )
+    ballots = ballots_from(replies)
+    with ctx.step("voter", parent_id) as voter_id:
+        groups = await group_answers([b.answer for b in ballots], spec.grouping, ctx, voter_id)
+        decision = Voter().decide(ballots, groups)
+    return Outcome(text=decision.winner, decision=decision, replies=replies)
