@@ -10,6 +10,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
+import structlog
 import typer
 from rich.console import Console
 
@@ -103,6 +104,10 @@ def run(
             connection.close()
     except CantataError as exc:
         _fail(exc, json_output, code=2 if isinstance(exc, TopologySpecError) else 1)
+    except Exception as exc:
+        # A bug, not a typed failure: keep the traceback for the report, still answer cleanly.
+        structlog.get_logger("cantata.cli").exception("unexpected error")
+        _fail(exc, json_output, code=1)
 
 
 def _print_result(result: RunResult, json_output: bool) -> None:
@@ -113,7 +118,7 @@ def _print_result(result: RunResult, json_output: bool) -> None:
         _print_readable(result)
 
 
-def _fail(exc: CantataError, json_output: bool, *, code: int) -> None:
+def _fail(exc: Exception, json_output: bool, *, code: int) -> None:
     if json_output:
         error = {"error": {"type": type(exc).__name__, "message": str(exc)}}
         sys.stdout.write(json.dumps(error) + "\n")

@@ -22,7 +22,7 @@ async def run_consensus(
     Otherwise ``escalate_to`` answers the request and ``decision.escalated`` is true.
     """
     replies = await ctx.gather(
-        spec.members_,
+        spec.members,
         text,
         prompt=spec.prompt,
         parent_id=parent_id,
@@ -30,6 +30,7 @@ async def run_consensus(
         max_tokens=spec.max_tokens,
         temperature=spec.temperature,
         timeout_s=spec.member_timeout_s,
+        choices=spec.choices,
     )
     ballots = ballots_from(replies)
     with ctx.step("consensus", parent_id) as step_id:

@@ -37,7 +37,20 @@ from ._outcome import Outcome
 from ._prompt import PromptTemplate
 from ._runtime import ModelHandle
 
-__all__ = ["RequestContext"]
+__all__ = ["RequestContext", "choice_format"]
+
+
+def choice_format(choices: Sequence[str]) -> JsonSchemaFormat:
+    """The structured output that makes a model pick one of ``choices``."""
+    return JsonSchemaFormat(
+        name="choice",
+        json_schema={
+            "type": "object",
+            "properties": {"choice": {"type": "string", "enum": list(choices)}},
+            "required": ["choice"],
+            "additionalProperties": False,
+        },
+    )
 
 
 @dataclass
@@ -146,6 +159,7 @@ class RequestContext:
         temperature: float = 0.0,
         timeout_s: float | None = None,
         values: dict[str, str] | None = None,
+        response_format: JsonSchemaFormat | None = None,
     ) -> Outcome:
         """Ask a member: a model (through ``prompt``), or a nested topology (given ``text``).
 
@@ -161,6 +175,7 @@ class RequestContext:
                 temperature=temperature,
                 timeout_s=timeout_s,
                 values=values,
+                response_format=response_format,
             )
             return Outcome(text=reply.text, structured=reply.structured)
         name = str(getattr(member, "name", type(member).__name__))
@@ -186,13 +201,17 @@ class RequestContext:
         max_tokens: int = 256,
         temperature: float = 0.0,
         timeout_s: float | None = None,
+        choices: Sequence[str] = (),
     ) -> tuple[MemberReply, ...]:
         """Ask every member at once; return every reply or failure, in member order.
 
         Each member has ``timeout_s`` (and the request's deadline); a slow or failing member
         becomes a reply with ``error`` set. Raises :class:`QuorumNotReachedError` when fewer
-        than ``needed`` members answered.
+        than ``needed`` members answered. With ``choices``, model members must answer
+        ``{"choice": <one of them>}`` (constrained decoding where the backend can), and the
+        choice is their answer.
         """
+        response_format = choice_format(choices) if choices else None
 
         async def one(member: object) -> MemberReply:
             name = str(getattr(member, "name", "member"))
@@ -206,6 +225,7 @@ class RequestContext:
                     max_tokens=max_tokens,
                     temperature=temperature,
                     timeout_s=timeout_s,
+                    response_format=response_format,
                 )
             except CantataError as exc:
                 return MemberReply(
@@ -213,9 +233,10 @@ class RequestContext:
                     error=f"{type(exc).__name__}: {exc}",
                     latency_ms=(time.time() - start) * 1000,
                 )
-            return MemberReply(
-                member=name, text=outcome.text, latency_ms=(time.time() - start) * 1000
-            )
+            answer = outcome.text
+            if isinstance(outcome.structured, dict) and "choice" in outcome.structured:
+                answer = str(outcome.structured["choice"])
+            return MemberReply(member=name, text=answer, latency_ms=(time.time() - start) * 1000)
 
         replies = tuple(await asyncio.gather(*(one(member) for member in members)))
         answered = sum(1 for reply in replies if reply.ok)

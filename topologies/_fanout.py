@@ -14,7 +14,7 @@ __all__ = ["run_fanout"]
 async def run_fanout(spec: FanoutSpec, text: str, ctx: RequestContext, parent_id: str) -> Outcome:
     """Ask all members in parallel; the text lists each answer (or failure) under its member."""
     replies = await ctx.gather(
-        spec.members_,
+        spec.members,
         text,
         prompt=spec.prompt,
         parent_id=parent_id,
@@ -22,6 +22,7 @@ async def run_fanout(spec: FanoutSpec, text: str, ctx: RequestContext, parent_id
         max_tokens=spec.max_tokens,
         temperature=spec.temperature,
         timeout_s=spec.member_timeout_s,
+        choices=spec.choices,
     )
     lines = [
         f"[{r.member}] {r.text.strip()}"

@@ -17,29 +17,49 @@ __all__ = ["plan_schema", "validate_plan"]
 
 
 def plan_schema(executors: Collection[str], max_steps: int) -> JsonSchemaFormat:
-    """The JSON schema of a plan for these executor types."""
+    """The JSON schema of a plan for these executor types.
+
+    Step ``k`` must have id ``s<k>`` and may depend only on earlier steps, so a model decoding
+    under this schema's grammar writes an acyclic plan with valid references by construction.
+    Every plan is still validated, since not every backend constrains decoding.
+    """
+
+    def step(position: int) -> dict[str, JsonValue]:
+        earlier: list[JsonValue] = [f"s{n}" for n in range(1, position)]
+        depends_on: dict[str, JsonValue] = {"const": []}  # the first step depends on nothing
+        if earlier:
+            depends_on = {
+                "type": "array",
+                "items": {"type": "string", "enum": earlier},
+                "maxItems": len(earlier),
+            }
+        return {
+            "type": "object",
+            "properties": {
+                "id": {"type": "string", "const": f"s{position}"},
+                "executor": {"type": "string", "enum": list(sorted(executors))},
+                "prompt": {"type": "string", "minLength": 1, "maxLength": 400},
+                "depends_on": depends_on,
+            },
+            "required": ["id", "executor", "prompt", "depends_on"],
+            "additionalProperties": False,
+        }
+
+    plans: list[JsonValue] = [
+        {
+            "type": "array",
+            "prefixItems": [step(n) for n in range(1, count + 1)],
+            "items": False,
+            "minItems": count,
+            "maxItems": count,
+        }
+        for count in range(1, max_steps + 1)
+    ]
     return JsonSchemaFormat(
         name="plan",
         json_schema={
             "type": "object",
-            "properties": {
-                "steps": {
-                    "type": "array",
-                    "minItems": 1,
-                    "maxItems": max_steps,
-                    "items": {
-                        "type": "object",
-                        "properties": {
-                            "id": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,32}$"},
-                            "executor": {"type": "string", "enum": sorted(executors)},
-                            "prompt": {"type": "string", "minLength": 1},
-                            "depends_on": {"type": "array", "items": {"type": "string"}},
-                        },
-                        "required": ["id", "executor", "prompt", "depends_on"],
-                        "additionalProperties": False,
-                    },
-                }
-            },
+            "properties": {"steps": {"anyOf": plans}},
             "required": ["steps"],
             "additionalProperties": False,
         },

@@ -39,8 +39,9 @@ class Planner:
         self.prompt = PromptTemplate(
             system=(
                 f"{spec.instructions}\nExecutor types: {executors}. At most {spec.max_steps}"
-                ' steps. Reply with JSON: {"steps": [{"id": "s1", "executor": "<type>",'
-                ' "prompt": "...", "depends_on": []}]}.'
+                " steps, numbered s1, s2, ... A step may only depend on earlier steps. Reply with"
+                ' JSON: {"steps": [{"id": "s1", "executor": "<type>", "prompt": "...",'
+                ' "depends_on": []}]}.'
             )
         )
 
@@ -130,10 +131,10 @@ async def run_planner_executor(
 ) -> Outcome:
     """Plan, execute the steps on their executors, synthesize."""
     planner = Planner(spec)
-    with ctx.step("planner", parent_id) as planner_id:
+    with ctx.step("planner:plan", parent_id) as planner_id:
         plan = await planner.plan(text, ctx, planner_id)
     with ctx.step("executors", parent_id) as executors_id:
         results = await _execute(spec, plan, ctx, executors_id)
-    with ctx.step("synthesis", parent_id) as synthesis_id:
+    with ctx.step("planner:synthesize", parent_id) as synthesis_id:
         answer = await planner.synthesize(text, results, ctx, synthesis_id)
     return Outcome(text=answer, plan=plan)

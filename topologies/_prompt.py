@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from cantata.agents import ChatMessage, Frozen
 
 __all__ = ["PromptTemplate"]
@@ -27,7 +29,9 @@ class PromptTemplate(Frozen):
         return tuple(turns)
 
 
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+
+
 def _fill(template: str, values: dict[str, str]) -> str:
-    for name, value in values.items():
-        template = template.replace("{" + name + "}", value)
-    return template
+    # One pass over the template: text filled in (a model's output, say) is never filled again.
+    return _PLACEHOLDER.sub(lambda match: values.get(match.group(1), match.group(0)), template)

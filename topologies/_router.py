@@ -6,6 +6,7 @@ label's member, or to ``default`` when the best label is below the threshold or 
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -21,6 +22,7 @@ from ._spec import EmbeddingClassifier, ModelClassifier, RouterSpec, member_name
 __all__ = ["EmbeddingRouter", "ModelRouter", "Scores", "run_router"]
 
 Scores = dict[str, float]
+Vectors = tuple[tuple[float, ...], ...]
 
 
 class EmbeddingRouter:
@@ -30,7 +32,11 @@ class EmbeddingRouter:
     process and embedder). Scores are cosine similarities, so thresholds are in [-1, 1].
     """
 
-    _cache: ClassVar[dict[tuple[str, str, tuple[str, ...]], tuple[tuple[float, ...], ...]]] = {}
+    # Label vectors per started embedder (its handle), so a deployment embeds them once and
+    # two embedders that share a name never share vectors.
+    _cache: ClassVar[weakref.WeakKeyDictionary[object, dict[tuple[str, ...], Vectors]]] = (
+        weakref.WeakKeyDictionary()
+    )
 
     def __init__(self, spec: EmbeddingClassifier) -> None:
         self.spec = spec
@@ -44,12 +50,16 @@ class EmbeddingRouter:
     async def _label_vectors(
         self, ctx: RequestContext, parent_id: str
     ) -> Sequence[Sequence[float]]:
-        model = self.spec.model
-        key = (model.name, model.version, tuple(text for _, text in self.texts))
-        if key not in self._cache:
-            reply = await ctx.embed(model.name, key[2], parent_id=parent_id, input_type="passage")
-            self._cache[key] = reply.vectors
-        return self._cache[key]
+        name = self.spec.model.name
+        texts = tuple(text for _, text in self.texts)
+        handle = ctx.handles[name]
+        known = self._cache.get(handle)
+        if known is None:
+            known = self._cache[handle] = {}
+        if texts not in known:
+            reply = await ctx.embed(name, texts, parent_id=parent_id, input_type="passage")
+            known[texts] = reply.vectors
+        return known[texts]
 
     async def classify(self, text: str, ctx: RequestContext, parent_id: str) -> Scores:
         """Every label's score for ``text``."""

@@ -93,8 +93,8 @@ class _TopologyBase(Frozen, abc.ABC):
     )
 
     @abc.abstractmethod
-    def members(self) -> Iterator[ModelSpec | _TopologyBase]:
-        """The models and nested topologies this topology uses directly."""
+    def parts(self) -> Iterator[ModelSpec | _TopologyBase]:
+        """The models and nested topologies this topology uses directly, in any role."""
 
     def models(self) -> tuple[ModelSpec, ...]:
         """Every model this topology (and every nested one) starts, each name once.
@@ -112,7 +112,7 @@ class _TopologyBase(Frozen, abc.ABC):
         return tuple(found.values())
 
     def _walk_models(self) -> Iterator[ModelSpec]:
-        for member in self.members():
+        for member in self.parts():
             if isinstance(member, ModelSpec):
                 yield member
             else:
@@ -125,7 +125,7 @@ class SingleSpec(_TopologyBase, Generation):
     pattern: Literal["single"] = "single"
     model: ModelSpec
 
-    def members(self) -> Iterator[ModelSpec | _TopologyBase]:
+    def parts(self) -> Iterator[ModelSpec | _TopologyBase]:
         yield self.model
 
 
@@ -141,7 +141,7 @@ class PipelineSpec(_TopologyBase):
     pattern: Literal["pipeline"] = "pipeline"
     stages: tuple[Stage, ...] = Field(min_length=1)
 
-    def members(self) -> Iterator[ModelSpec | _TopologyBase]:
+    def parts(self) -> Iterator[ModelSpec | _TopologyBase]:
         for stage in self.stages:
             yield stage.member
 
@@ -194,35 +194,39 @@ class RouterSpec(_TopologyBase, Generation):
             raise ValueError(f"routes {unknown} are not classifier labels")
         return self
 
-    def members(self) -> Iterator[ModelSpec | _TopologyBase]:
+    def parts(self) -> Iterator[ModelSpec | _TopologyBase]:
         yield self.classifier.model
         yield from self.routes.values()
 
 
 class _Parallel(_TopologyBase, Generation):
-    members_: tuple[Member, ...] = Field(alias="members", min_length=1)
+    members: tuple[Member, ...] = Field(min_length=1)
     quorum: PositiveInt | None = Field(
         default=None, description="Answers needed; default: a majority of the members."
     )
     member_timeout_s: float | None = Field(
         default=None, gt=0, description="Per-member deadline; slower members count as failed."
     )
+    choices: tuple[str, ...] = Field(
+        default=(),
+        description='Labels to pick from: model members must answer {"choice": <label>}.',
+    )
 
     @model_validator(mode="after")
     def _quorum_fits(self) -> _Parallel:
-        if self.quorum is not None and self.quorum > len(self.members_):
-            raise ValueError(f"quorum {self.quorum} exceeds the {len(self.members_)} members")
-        names = [member_name(m) for m in self.members_]
+        if self.quorum is not None and self.quorum > len(self.members):
+            raise ValueError(f"quorum {self.quorum} exceeds the {len(self.members)} members")
+        names = [member_name(m) for m in self.members]
         if len(set(names)) != len(names):
             raise ValueError(f"member names must be distinct: {names}")
         return self
 
     def needed(self) -> int:
         """Answers required before the request may proceed."""
-        return self.quorum or len(self.members_) // 2 + 1
+        return self.quorum or len(self.members) // 2 + 1
 
-    def members(self) -> Iterator[ModelSpec | _TopologyBase]:
-        yield from self.members_
+    def parts(self) -> Iterator[ModelSpec | _TopologyBase]:
+        yield from self.members
 
 
 class FanoutSpec(_Parallel):
@@ -251,8 +255,8 @@ class VoteSpec(_Parallel):
     pattern: Literal["vote"] = "vote"
     grouping: Grouping = Field(default_factory=Grouping)
 
-    def members(self) -> Iterator[ModelSpec | _TopologyBase]:
-        yield from super().members()
+    def parts(self) -> Iterator[ModelSpec | _TopologyBase]:
+        yield from super().parts()
         if self.grouping.embedder is not None:
             yield self.grouping.embedder
 
@@ -265,8 +269,8 @@ class ConsensusSpec(_Parallel):
     threshold: float = Field(default=0.7, gt=0.0, le=1.0)
     escalate_to: Member
 
-    def members(self) -> Iterator[ModelSpec | _TopologyBase]:
-        yield from super().members()
+    def parts(self) -> Iterator[ModelSpec | _TopologyBase]:
+        yield from super().parts()
         yield self.escalate_to
         if self.grouping.embedder is not None:
             yield self.grouping.embedder
@@ -298,7 +302,7 @@ class WeightedEnsembleSpec(_TopologyBase, Generation):
     """Every member answers; each answer's score times its weight, pooled per group, decides."""
 
     pattern: Literal["weighted_ensemble"] = "weighted_ensemble"
-    ensemble: tuple[WeightedMember, ...] = Field(alias="members", min_length=1)
+    members: tuple[WeightedMember, ...] = Field(min_length=1)
     judge: JudgeSpec | None = None
     scorer: Scorer | None = Field(default=None, description="Python only: score without a judge.")
     grouping: Grouping = Field(default_factory=Grouping)
@@ -313,10 +317,10 @@ class WeightedEnsembleSpec(_TopologyBase, Generation):
 
     def needed(self) -> int:
         """Answers required before scoring."""
-        return self.quorum or len(self.ensemble) // 2 + 1
+        return self.quorum or len(self.members) // 2 + 1
 
-    def members(self) -> Iterator[ModelSpec | _TopologyBase]:
-        for weighted in self.ensemble:
+    def parts(self) -> Iterator[ModelSpec | _TopologyBase]:
+        for weighted in self.members:
             yield weighted.member
         if self.judge is not None:
             yield self.judge.model
@@ -351,7 +355,7 @@ class PlannerExecutorSpec(_TopologyBase, Generation):
             raise ValueError(f"executor types must be letters, digits and underscores: {bad}")
         return self
 
-    def members(self) -> Iterator[ModelSpec | _TopologyBase]:
+    def parts(self) -> Iterator[ModelSpec | _TopologyBase]:
         yield self.planner
         yield from self.executors.values()
 
@@ -373,7 +377,7 @@ class SupervisorWorkerSpec(_TopologyBase, Generation):
     supervisor_max_tokens: PositiveInt = 384
     instructions: str = "You lead a team. Split the user's request into tasks for your workers."
 
-    def members(self) -> Iterator[ModelSpec | _TopologyBase]:
+    def parts(self) -> Iterator[ModelSpec | _TopologyBase]:
         yield self.supervisor
         for worker in self.workers.values():
             yield worker.member

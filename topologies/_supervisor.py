@@ -34,8 +34,9 @@ _REVIEW = JsonSchemaFormat(
         "type": "object",
         "properties": {
             "approved": {"type": "boolean"},
-            "feedback": {"type": "string"},
-            "answer": {"type": "string"},
+            # Bounded so a small model cannot run past its token limit mid-string.
+            "feedback": {"type": "string", "maxLength": 300},
+            "answer": {"type": "string", "maxLength": 600},
         },
         "required": ["approved", "feedback", "answer"],
         "additionalProperties": False,
@@ -63,7 +64,7 @@ class Supervisor:
                             "type": "object",
                             "properties": {
                                 "worker": {"type": "string", "enum": names},
-                                "task": {"type": "string", "minLength": 1},
+                                "task": {"type": "string", "minLength": 1, "maxLength": 400},
                             },
                             "required": ["worker", "task"],
                             "additionalProperties": False,

@@ -60,7 +60,7 @@ class Voter:
 async def run_vote(spec: VoteSpec, text: str, ctx: RequestContext, parent_id: str) -> Outcome:
     """Members answer in parallel; the largest group of equal answers wins."""
     replies = await ctx.gather(
-        spec.members_,
+        spec.members,
         text,
         prompt=spec.prompt,
         parent_id=parent_id,
@@ -68,6 +68,7 @@ async def run_vote(spec: VoteSpec, text: str, ctx: RequestContext, parent_id: st
         max_tokens=spec.max_tokens,
         temperature=spec.temperature,
         timeout_s=spec.member_timeout_s,
+        choices=spec.choices,
     )
     ballots = ballots_from(replies)
     with ctx.step("voter", parent_id) as voter_id:

@@ -87,7 +87,7 @@ async def run_weighted_ensemble(
     spec: WeightedEnsembleSpec, text: str, ctx: RequestContext, parent_id: str
 ) -> Outcome:
     """Every member answers; score x weight per answer, pooled per group; the top group wins."""
-    members = [weighted.member for weighted in spec.ensemble]
+    members = [weighted.member for weighted in spec.members]
     replies = await ctx.gather(
         members,
         text,
@@ -98,7 +98,7 @@ async def run_weighted_ensemble(
         temperature=spec.temperature,
         timeout_s=spec.member_timeout_s,
     )
-    weights = {member_name(w.member): w.weight for w in spec.ensemble}
+    weights = {member_name(w.member): w.weight for w in spec.members}
     ballots = ballots_from(replies, [weights[reply.member] for reply in replies])
     with ctx.step("evaluator", parent_id) as step_id:
         scores = await _scores(spec, text, ballots, ctx, step_id)
