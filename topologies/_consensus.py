@@ -35,7 +35,7 @@ async def run_consensus(
     ballots = ballots_from(replies)
     with ctx.step("consensus", parent_id) as step_id:
         groups = await group_answers([b.answer for b in ballots], spec.grouping, ctx, step_id)
-        decision = Voter().decide(ballots, groups)
+        decision = ctx.role(Voter)().decide(ballots, groups)
         share = decision.tally.get(decision.winner, 0.0) / len(replies)
         decision = decision.model_copy(update={"agreement": share})
         if share >= spec.threshold:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from cantata.agents import (
     Budget,
@@ -28,6 +29,7 @@ from cantata.agents import (
     ModelSpec,
     QuorumNotReachedError,
     Span,
+    TopologyError,
     Usage,
     new_id,
 )
@@ -38,6 +40,8 @@ from ._prompt import PromptTemplate
 from ._runtime import ModelHandle
 
 __all__ = ["RequestContext", "choice_format"]
+
+R = TypeVar("R")
 
 
 def choice_format(choices: Sequence[str]) -> JsonSchemaFormat:
@@ -64,6 +68,14 @@ class RequestContext:
     spans: list[Span] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
     cost_usd: float = 0.0
+    roles: Mapping[type, type] = field(default_factory=dict)
+
+    def role(self, cls: type[R]) -> type[R]:
+        """The class to use for role ``cls``: the caller's replacement, or ``cls`` itself."""
+        chosen = self.roles.get(cls, cls)
+        if not (isinstance(chosen, type) and issubclass(chosen, cls)):
+            raise TopologyError(f"the replacement for {cls.__name__} must subclass it")
+        return chosen
 
     @contextmanager
     def step(self, agent: str, parent_id: str | None) -> Iterator[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import JsonValue
 
-from cantata.agents import Decision, Frozen, MemberReply, Plan, Route
+from cantata.agents import Decision, Frozen, MemberReply, Plan, Route, StepResult
 
 __all__ = ["Outcome"]
 
@@ -17,5 +17,6 @@ class Outcome(Frozen):
     route: Route | None = None
     decision: Decision | None = None
     plan: Plan | None = None
+    steps: tuple[StepResult, ...] | None = None
     rounds: int | None = None
     replies: tuple[MemberReply, ...] | None = None

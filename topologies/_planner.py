@@ -130,11 +130,11 @@ async def run_planner_executor(
     spec: PlannerExecutorSpec, text: str, ctx: RequestContext, parent_id: str
 ) -> Outcome:
     """Plan, execute the steps on their executors, synthesize."""
-    planner = Planner(spec)
+    planner = ctx.role(Planner)(spec)
     with ctx.step("planner:plan", parent_id) as planner_id:
         plan = await planner.plan(text, ctx, planner_id)
     with ctx.step("executors", parent_id) as executors_id:
         results = await _execute(spec, plan, ctx, executors_id)
     with ctx.step("planner:synthesize", parent_id) as synthesis_id:
         answer = await planner.synthesize(text, results, ctx, synthesis_id)
-    return Outcome(text=answer, plan=plan)
+    return Outcome(text=answer, plan=plan, steps=tuple(results))

@@ -6,19 +6,19 @@ from typing import Any
 
 from pydantic import Field, JsonValue, NonNegativeFloat
 
-from cantata.agents import Decision, Frozen, MemberReply, Plan, Route, Span, Usage
+from cantata.agents import Decision, Frozen, MemberReply, Plan, Route, Span, StepResult, Usage
 
 __all__ = ["RunResult"]
 
-_PATTERN_FIELDS = ("route", "decision", "plan", "rounds", "replies")
+_PATTERN_FIELDS = ("route", "decision", "plan", "steps", "rounds", "replies")
 
 
 class RunResult(Frozen):
     """The result contract of ``cantata run --json``; fields are only ever added.
 
-    ``route``, ``decision``, ``plan``, ``rounds`` and ``replies`` are set by the patterns that
-    have them (router; vote, consensus, weighted ensemble; planner; supervisor; parallel
-    patterns) and left out of the JSON otherwise.
+    ``route`` (router), ``decision`` (vote, consensus, weighted ensemble), ``plan`` and
+    ``steps`` (planner-executor), ``rounds`` (supervisor-worker) and ``replies`` (the parallel
+    patterns) are set by the patterns that have them and left out of the JSON otherwise.
     """
 
     topology: str
@@ -33,6 +33,7 @@ class RunResult(Frozen):
     route: Route | None = None
     decision: Decision | None = None
     plan: Plan | None = None
+    steps: tuple[StepResult, ...] | None = None
     rounds: int | None = None
     replies: tuple[MemberReply, ...] | None = None
 

@@ -146,9 +146,9 @@ async def run_router(spec: RouterSpec, text: str, ctx: RequestContext, parent_id
     """Classify, pick the route, and let that member answer."""
     classifier = spec.classifier
     router: EmbeddingRouter | ModelRouter = (
-        EmbeddingRouter(classifier)
+        ctx.role(EmbeddingRouter)(classifier)
         if isinstance(classifier, EmbeddingClassifier)
-        else ModelRouter(classifier)
+        else ctx.role(ModelRouter)(classifier)
     )
     with ctx.step("router", parent_id) as router_id:
         scores = await router.classify(text, ctx, router_id)

@@ -34,10 +34,15 @@ async def answer(
     handles: Mapping[str, ModelHandle],
     *,
     trace_id: str | None = None,
+    roles: Mapping[type, type] | None = None,
 ) -> RunResult:
-    """Answer one request with models that are already started."""
+    """Answer one request with models that are already started.
+
+    ``roles`` replaces role agents with subclasses, e.g. ``{Voter: VetoVoter}``.
+    """
     ctx = RequestContext(
         handles=dict(handles),
+        roles=dict(roles or {}),
         trace_id=trace_id or new_id(),
         deadline=None if spec.timeout_s is None else time.time() + spec.timeout_s,
         budget=Budget(tokens=spec.max_tokens_budget),
@@ -59,6 +64,7 @@ async def answer(
         route=outcome.route,
         decision=outcome.decision,
         plan=outcome.plan,
+        steps=outcome.steps,
         rounds=outcome.rounds,
         replies=outcome.replies,
     )
@@ -71,11 +77,16 @@ def _ordered(spans: list[Span], root_id: str) -> tuple[Span, ...]:
 
 
 async def run_topology(
-    spec: TopologySpec, text: str, runtime: Runtime, *, trace_id: str | None = None
+    spec: TopologySpec,
+    text: str,
+    runtime: Runtime,
+    *,
+    trace_id: str | None = None,
+    roles: Mapping[type, type] | None = None,
 ) -> RunResult:
     """Start the topology's models on ``runtime``, answer ``text``, and stop them again."""
     handles = await runtime.start_models(spec.models())
     try:
-        return await answer(spec, text, handles, trace_id=trace_id)
+        return await answer(spec, text, handles, trace_id=trace_id, roles=roles)
     finally:
         await runtime.stop_models(list(handles.values()))

@@ -143,7 +143,7 @@ async def run_supervisor_worker(
     spec: SupervisorWorkerSpec, text: str, ctx: RequestContext, parent_id: str
 ) -> Outcome:
     """Assign, work in parallel, review; repeat on rejection up to ``max_rounds``."""
-    supervisor = Supervisor(spec)
+    supervisor = ctx.role(Supervisor)(spec)
     feedback = ""
     results = ""
     for round_number in range(1, spec.max_rounds + 1):

@@ -73,5 +73,5 @@ async def run_vote(spec: VoteSpec, text: str, ctx: RequestContext, parent_id: st
     ballots = ballots_from(replies)
     with ctx.step("voter", parent_id) as voter_id:
         groups = await group_answers([b.answer for b in ballots], spec.grouping, ctx, voter_id)
-        decision = Voter().decide(ballots, groups)
+        decision = ctx.role(Voter)().decide(ballots, groups)
     return Outcome(text=decision.winner, decision=decision, replies=replies)

@@ -74,7 +74,7 @@ async def _scores(
         return [float(spec.scorer(question, ballot.answer)) for ballot in ballots]
     if spec.judge is None:  # the spec's validator makes this unreachable
         raise TopologySpecError(f"'{spec.name}' has neither a judge nor a scorer")
-    judge = Judge(spec.judge)
+    judge = ctx.role(Judge)(spec.judge)
     return list(
         await asyncio.gather(
             *(judge.score(question, ballot.answer, ctx, parent_id) for ballot in ballots)
@@ -107,5 +107,5 @@ async def run_weighted_ensemble(
             for ballot, score in zip(ballots, scores, strict=True)
         ]
         groups = await group_answers([b.answer for b in scored], spec.grouping, ctx, step_id)
-        decision = Voter().decide(scored, groups)
+        decision = ctx.role(Voter)().decide(scored, groups)
     return Outcome(text=decision.winner, decision=decision, replies=replies)

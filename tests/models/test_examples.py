@@ -39,3 +39,22 @@ def test_custom_model_actor_example_answers_and_refuses():
     capital, refused = out.strip().splitlines()
     assert "paris" in capital.lower()
     assert "refused" in refused
+
+
+def test_custom_voter_example_prints_ballots_and_a_decision():
+    out = run_example("custom_voter.py")
+    lines = out.strip().splitlines()
+    ballots, decision = lines[:-1], lines[-1]
+    assert len(ballots) == 3
+    for ballot in ballots:
+        assert ballot.split(": ")[1] in {"approve", "escalate-to-human"}
+    vetoed = any(line.endswith("escalate-to-human") for line in ballots)
+    assert decision.startswith("decision: " + ("escalate-to-human" if vetoed else "approve"))
+
+
+def test_custom_executor_example_computes_with_the_calculator():
+    out = run_example("custom_executor.py", "What is 17 * 23 + 4?")
+    assert "answer: " in out
+    calculator_lines = [line for line in out.splitlines() if "[calculator] ->" in line]
+    for line in calculator_lines:  # the plan decides how often the calculator is used
+        assert "=" in line or "no arithmetic" in line

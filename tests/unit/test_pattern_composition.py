@@ -14,6 +14,7 @@ from cantata.agents import (
     ModelRequest,
     ModelSpec,
     Resources,
+    TopologyError,
     TopologySpecError,
 )
 from cantata.agents.backends import FunctionBackend
@@ -21,6 +22,7 @@ from cantata.topologies import (
     ConsensusSpec,
     FanoutSpec,
     InProcessRuntime,
+    Judge,
     Label,
     ModelClassifier,
     PipelineSpec,
@@ -29,6 +31,7 @@ from cantata.topologies import (
     SingleSpec,
     Stage,
     SupervisorWorkerSpec,
+    Voter,
     VoteSpec,
     WorkerRole,
     parse_topology,
@@ -393,3 +396,25 @@ def test_a_nested_topology_parses_from_a_dict():
 def test_dict_spec_problems_are_spec_errors(data, problem):
     with pytest.raises(TopologySpecError, match=problem):
         parse_topology(data)
+
+
+class Contrarian(Voter):
+    """A test voter: the least popular answer wins."""
+
+    def decide(self, ballots, groups):
+        decision = super().decide(ballots, groups)
+        loser = min(decision.tally, key=lambda answer: decision.tally[answer])
+        return decision.model_copy(update={"winner": loser})
+
+
+async def test_a_role_can_be_replaced_by_a_subclass():
+    spec = VoteSpec(name="v", members=[model("a", "yes"), model("b", "yes"), model("c", "no")])
+    plain = await run_topology(spec, "?", InProcessRuntime())
+    replaced = await run_topology(spec, "?", InProcessRuntime(), roles={Voter: Contrarian})
+    assert (plain.text, replaced.text) == ("yes", "no")
+
+
+async def test_a_role_replacement_must_subclass_the_role():
+    spec = VoteSpec(name="v", members=[model("a", "yes"), model("b", "no")])
+    with pytest.raises(TopologyError, match="must subclass"):
+        await run_topology(spec, "?", InProcessRuntime(), roles={Voter: Judge})
