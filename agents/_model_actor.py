@@ -101,17 +101,26 @@ class ModelActor:
 
     async def start(self) -> Health:
         """Load the backend (weights, connections) and report health."""
-        if not self._started:
-            try:
-                await self.backend.start()
-            except CantataError as exc:
-                self._start_error = str(exc)
-                raise
-            self._started = True
+        await self._ensure_started()
         return await self.health()
 
+    async def _ensure_started(self) -> None:
+        # Also reached after a runtime restarted this actor (a lost node, say): the new process
+        # loads its backend on first use instead of reporting itself unloaded forever.
+        if self._started:
+            return
+        try:
+            await self.backend.start()
+        except CantataError as exc:
+            self._start_error = str(exc)
+            raise
+        self._start_error = ""
+        self._started = True
+
     async def health(self) -> Health:
-        """Counters and whether the backend is loaded."""
+        """Counters and whether the backend is loaded (loading it if it is not yet)."""
+        with contextlib.suppress(CantataError):  # a failed load is reported in ``detail``
+            await self._ensure_started()
         where = self.identity()
         return Health(
             model=self.spec.name,
@@ -178,6 +187,7 @@ class ModelActor:
         request = self._admit(request, ModelRequest)
         if not isinstance(self.backend, ModelBackend):
             raise InvalidMessageError(f"{self.spec.name} is an embedding model; send embed()")
+        await self._ensure_started()
         with self._serving(request):
             start = time.time()
             completion = await self._with_deadline(self.backend.complete(request), request)
@@ -246,6 +256,7 @@ class ModelActor:
         request = self._admit(request, EmbedRequest)
         if not isinstance(self.backend, EmbeddingBackend):
             raise InvalidMessageError(f"{self.spec.name} is a chat model; send complete()")
+        await self._ensure_started()
         with self._serving(request):
             start = time.time()
             result = await self._with_deadline(

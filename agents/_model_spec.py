@@ -206,6 +206,10 @@ class ModelSpec(Frozen):
     version: str = "1"
     backend: BackendConfig = Field(default_factory=LlamaCppConfig)
     resources: Resources = Field(default_factory=Resources)
+    replicas: PositiveInt = Field(
+        default=1,
+        description="Replicas in a deployment (cantata deploy); a one-off run starts one.",
+    )
     max_concurrency: PositiveInt = Field(
         default=4, description="Calls one replica accepts at once; the rest queue at the actor."
     )

@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
-import json
 import sys
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
-import structlog
 import typer
-from rich.console import Console
 
-from cantata.agents import CantataError, LogConfig, TopologySpecError, configure_logging
-from cantata.topologies import RunResult, load_topology, run_topology
+from cantata.agents import LogConfig, configure_logging
+from cantata.topologies import load_topology, run_topology
 
+from ._cli_common import (
+    AddressOption,
+    JsonOption,
+    LogFormat,
+    LogLevel,
+    print_result,
+    report_failure,
+)
+from ._cli_deploy import add_deployment_commands
 from ._connection import connect
 from ._ray_runtime import RayRuntime
 
@@ -29,22 +34,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-class LogFormat(StrEnum):
-    """How log lines on stderr look."""
-
-    console = "console"
-    json = "json"
-
-
-class LogLevel(StrEnum):
-    """The minimum level logged."""
-
-    debug = "debug"
-    info = "info"
-    warning = "warning"
-    error = "error"
 
 
 def _show_version(value: bool) -> None:
@@ -69,18 +58,8 @@ def _root(
 def run(
     file: Annotated[Path, typer.Argument(help="A topology YAML file, e.g. examples/single.yaml.")],
     input_text: Annotated[str, typer.Option("--input", "-i", help="The request text.")],
-    json_output: Annotated[
-        bool, typer.Option("--json", help="Print one JSON object on stdout (logs stay on stderr).")
-    ] = False,
-    address: Annotated[
-        str | None,
-        typer.Option(
-            "--address",
-            envvar="RAY_ADDRESS",
-            help="Join this Ray cluster (host:port, auto, ray://host:port) instead of starting"
-            " an embedded local Ray.",
-        ),
-    ] = None,
+    json_output: JsonOption = False,
+    address: AddressOption = None,
     num_cpus: Annotated[
         float | None,
         typer.Option(help="Logical CPUs of the embedded Ray. Default: this machine's cores."),
@@ -90,7 +69,10 @@ def run(
     ),
     log_level: Annotated[LogLevel, typer.Option(help="Minimum log level.")] = LogLevel.warning,
 ) -> None:
-    """Start a topology's models, answer one request, and tear everything down."""
+    """Start a topology's models, answer one request, and tear everything down.
+
+    Without --address (or RAY_ADDRESS) this starts an embedded Ray on 127.0.0.1 for the run.
+    """
     log_config = LogConfig(format=log_format.value, level=log_level.value)
     configure_logging(log_config)
     try:
@@ -99,54 +81,14 @@ def run(
         try:
             result = asyncio.run(run_topology(spec, input_text, RayRuntime(log_config=log_config)))
             # The answer first: tearing Ray down takes a moment the user need not wait for.
-            _print_result(result, json_output)
+            print_result(result, json_output)
         finally:
             connection.close()
-    except CantataError as exc:
-        _fail(exc, json_output, code=2 if isinstance(exc, TopologySpecError) else 1)
     except Exception as exc:
-        # A bug, not a typed failure: keep the traceback for the report, still answer cleanly.
-        structlog.get_logger("cantata.cli").exception("unexpected error")
-        _fail(exc, json_output, code=1)
+        report_failure(exc, json_output)
 
 
-def _print_result(result: RunResult, json_output: bool) -> None:
-    if json_output:
-        sys.stdout.write(json.dumps(result.to_json_dict()) + "\n")
-        sys.stdout.flush()
-    else:
-        _print_readable(result)
-
-
-def _fail(exc: Exception, json_output: bool, *, code: int) -> None:
-    if json_output:
-        error = {"error": {"type": type(exc).__name__, "message": str(exc)}}
-        sys.stdout.write(json.dumps(error) + "\n")
-    else:
-        Console(stderr=True).print(
-            f"[bold red]error[/] {type(exc).__name__}: {exc}", markup=True, highlight=False
-        )
-    raise typer.Exit(code)
-
-
-def _print_readable(result: RunResult) -> None:
-    console = Console(soft_wrap=True)
-    console.print(result.text.strip() or "(empty answer)", markup=False, highlight=False)
-    console.print()
-    models = [span for span in result.trace if span.model]
-    for span in models:
-        where = f"actor {span.actor_id[:12]}…" if span.actor_id else "in-process"
-        console.print(
-            f"[dim]{span.agent}: {span.model} v{span.model_version} · "
-            f"{span.input_tokens} in / {span.output_tokens} out tokens · "
-            f"{span.latency_ms:.0f} ms · {where}[/]",
-            highlight=False,
-        )
-    console.print(
-        f"[dim]{result.pattern} '{result.topology}' · {result.usage.total_tokens} tokens · "
-        f"${result.cost_usd:.6f} · {result.latency_ms:.0f} ms total · trace {result.trace_id}[/]",
-        highlight=False,
-    )
+add_deployment_commands(app)
 
 
 def main() -> None:

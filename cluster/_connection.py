@@ -68,13 +68,17 @@ def connect(
         try:
             if address:
                 _prepare_to_join(address)
+                if address.startswith("ray://"):
+                    # Ray Client: the driver runs on the cluster's client server, not here.
+                    ray.init(address=address, namespace=NAMESPACE, logging_level=logging.WARNING)
+                    return RayConnection(address=address, embedded=False)
                 ray.init(
                     address=address,
                     namespace=NAMESPACE,
                     logging_level=logging.WARNING,
                     log_to_driver=True,
                     logging_config=ray_logging,
-                    _node_ip_address="127.0.0.1" if _is_loopback(address) else None,
+                    _node_ip_address=_loopback_host(address),
                 )
                 return RayConnection(address=address, embedded=False)
             _keep_on_loopback()
@@ -95,9 +99,20 @@ def connect(
     return RayConnection(address=None, embedded=True)
 
 
-def _is_loopback(address: str) -> bool:
+def _loopback_host(address: str) -> str | None:
+    """The address's host if it is on loopback (127.0.0.0/8), else None.
+
+    A driver joining a cluster on loopback must say which loopback address its node has: the
+    cluster may be on 127.0.0.2, and Ray would otherwise guess the machine's outward address.
+    """
     host = address.removeprefix("ray://").rsplit(":", 1)[0].strip("[]")
-    return host in {"localhost", "::1"} or host.startswith("127.")
+    if host == "localhost":
+        return "127.0.0.1"
+    return host if host.startswith("127.") else None
+
+
+def _is_loopback(address: str) -> bool:
+    return _loopback_host(address) is not None
 
 
 def _keep_on_loopback() -> None:

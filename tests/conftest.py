@@ -14,6 +14,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -25,6 +26,7 @@ class ClusterNodes:
     head: str
     gpu: str
     cpu: str
+    cluster: Any  # the ray.cluster_utils.Cluster, for tests that add or remove nodes
 
 
 @pytest.fixture(scope="session")
@@ -42,7 +44,9 @@ def ray_cluster() -> Iterator[ClusterNodes]:
     cpu = cluster.add_node(**loopback, num_cpus=1)
     ray.init(address=cluster.address, _node_ip_address="127.0.0.1", namespace="cantata-tests")
     try:
-        yield ClusterNodes(head=cluster.head_node.node_id, gpu=gpu.node_id, cpu=cpu.node_id)
+        yield ClusterNodes(
+            head=cluster.head_node.node_id, gpu=gpu.node_id, cpu=cpu.node_id, cluster=cluster
+        )
     finally:
         ray.shutdown()
         cluster.shutdown()

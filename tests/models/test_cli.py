@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -126,41 +124,7 @@ def test_help_describes_run():
         assert option in done.stdout
 
 
-@pytest.fixture
-def ray_start_cluster():
-    """A cluster started by ``ray start --head --block`` on loopback; stopped by ending that."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    ray_cli = Path(sys.executable).with_name("ray")
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    head = subprocess.Popen(
-        [
-            str(ray_cli),
-            "start",
-            "--head",
-            "--block",
-            "--node-ip-address=127.0.0.1",
-            f"--port={port}",
-            "--num-cpus=1",
-            '--resources={"cli_node": 1}',
-            "--include-dashboard=false",
-            "--disable-usage-stats",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        head.send_signal(signal.SIGTERM)  # --block stops the processes it started
-        head.wait(timeout=60)
-
-
-def test_run_joins_an_existing_cluster_with_address(ray_start_cluster, tmp_path):
+def test_run_joins_an_existing_cluster_with_address(cli_cluster, tmp_path):
     topology = tmp_path / "pinned.yaml"
     # Pinned to the resource only the started cluster declares: it cannot run anywhere else.
     topology.write_text(
@@ -170,7 +134,7 @@ def test_run_joins_an_existing_cluster_with_address(ray_start_cluster, tmp_path)
     for _attempt in range(30):  # the head needs a few seconds before it accepts drivers
         done = cantata(
             "run", str(topology), "--input", "What is the capital of France?", "--json",
-            "--address", ray_start_cluster,
+            "--address", cli_cluster,
         )  # fmt: skip
         if done.returncode == 0 or "cannot connect" not in done.stdout:
             break

@@ -1,0 +1,103 @@
+"""``cantata deploy | status | call | scale | down`` against a real ``ray start`` cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.model
+
+ROOT = Path(__file__).resolve().parents[2]
+CANTATA = Path(sys.executable).with_name("cantata")
+
+
+def cantata(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return subprocess.run(
+        [str(CANTATA), *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+        env=env, check=False,
+    )  # fmt: skip
+
+
+def available(address: str) -> dict[str, float]:
+    """The cluster's available resources, read by a separate driver."""
+    code = (
+        "import json, ray\n"
+        f"ray.init(address={address!r}, logging_level='ERROR',"
+        f" _node_ip_address={address.split(':', maxsplit=1)[0]!r})\n"
+        "print(json.dumps({k: v for k, v in ray.available_resources().items()"
+        " if not k.startswith('node:') and k != 'object_store_memory'}))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["RAY_AUTH_MODE"] = "token"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    resources: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    return resources
+
+
+def json_of(done: subprocess.CompletedProcess[str]) -> Any:
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+def test_deploy_status_call_scale_down_the_router_example(cli_cluster):
+    before = available(cli_cluster)
+    deployed = json_of(
+        cantata("deploy", "examples/router.yaml", "--name", "triage", "--address", cli_cluster,
+                "--json")
+    )  # fmt: skip
+    try:
+        status = json_of(cantata("status", "triage", "--address", cli_cluster, "--json"))
+        (deployment,) = status["deployments"]
+        assert deployment["name"] == "triage"
+        assert deployment["topology"] == deployed["deployments"][0]["topology"]
+        models = {m["name"]: m for m in deployment["models"]}
+        assert set(models) == {"e5", "billing-agent", "shipping-agent", "general-agent"}
+        for model in models.values():
+            (replica,) = model["replicas"]
+            assert replica["healthy"], replica
+            assert replica["node_id"]
+            assert set(replica) >= {"actor_id", "node_id", "healthy", "in_flight", "served"}
+            assert model["resources"]["num_cpus"] > 0
+
+        result = json_of(
+            cantata("call", "triage", "--input", "I was charged twice for my order",
+                    "--address", cli_cluster, "--json")
+        )  # fmt: skip
+        assert result["route"]["label"] == "billing"
+        assert result["text"].strip()
+        assert {s["actor_id"] for s in result["trace"] if s["model"]} <= {
+            r["actor_id"] for m in models.values() for r in m["replicas"]
+        }
+
+        scaled = json_of(
+            cantata("scale", "triage", "general-agent", "2", "--address", cli_cluster, "--json")
+        )
+        general = {m["name"]: m for m in scaled["deployments"][0]["models"]}["general-agent"]
+        assert len(general["replicas"]) == 2
+    finally:
+        down = cantata("down", "triage", "--address", cli_cluster, "--json")
+    assert json_of(down) == {"down": "triage"}
+    give_up = time.monotonic() + 30
+    while available(cli_cluster) != before and time.monotonic() < give_up:
+        time.sleep(1)
+    assert available(cli_cluster) == before
+    listing = json_of(cantata("status", "--address", cli_cluster, "--json"))
+    assert listing == {"deployments": []}
+
+
+def test_deploy_commands_need_a_cluster():
+    done = cantata("status", "--json")
+    assert done.returncode == 1
+    assert "--address" in json.loads(done.stdout)["error"]["message"]
