@@ -34,6 +34,13 @@ def _status_json(statuses: list[DeploymentStatus]) -> dict[str, Any]:
     return {"deployments": [status.model_dump(mode="json") for status in statuses]}
 
 
+def _show(statuses: list[DeploymentStatus], json_output: bool) -> None:
+    if json_output:
+        print_json(_status_json(statuses))
+    else:
+        _print_status(statuses)
+
+
 def _print_status(statuses: list[DeploymentStatus]) -> None:
     console = Console(soft_wrap=True)
     if not statuses:
@@ -80,10 +87,7 @@ def deploy_command(
         status = deployment.status()
     except Exception as exc:
         report_failure(exc, json_output)
-    if json_output:
-        print_json(_status_json([status]))
-    else:
-        _print_status([status])
+    _show([status], json_output)
 
 
 def status_command(
@@ -98,10 +102,7 @@ def status_command(
         statuses = [get_deployment(each).status() for each in names]
     except Exception as exc:
         report_failure(exc, json_output)
-    if json_output:
-        print_json(_status_json(statuses))
-    else:
-        _print_status(statuses)
+    _show(statuses, json_output)
 
 
 def call_command(
@@ -132,10 +133,7 @@ def scale_command(
         status = get_deployment(name).scale(model, replicas)
     except Exception as exc:
         report_failure(exc, json_output)
-    if json_output:
-        print_json(_status_json([status]))
-    else:
-        _print_status([status])
+    _show([status], json_output)
 
 
 def down_command(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ._context import RequestContext
 from ._dispatch import register
+from ._fanout import ask_members
 from ._grouping import group_answers
 from ._outcome import Outcome
 from ._spec import ConsensusSpec
@@ -21,17 +22,7 @@ async def run_consensus(
     The share counts every member, answered or not: a member that failed did not agree.
     Otherwise ``escalate_to`` answers the request and ``decision.escalated`` is true.
     """
-    replies = await ctx.gather(
-        spec.members,
-        text,
-        prompt=spec.prompt,
-        parent_id=parent_id,
-        needed=spec.needed(),
-        max_tokens=spec.max_tokens,
-        temperature=spec.temperature,
-        timeout_s=spec.member_timeout_s,
-        choices=spec.choices,
-    )
+    replies = await ask_members(spec, text, ctx, parent_id)
     ballots = ballots_from(replies)
     with ctx.step("consensus", parent_id) as step_id:
         groups = await group_answers([b.answer for b in ballots], spec.grouping, ctx, step_id)

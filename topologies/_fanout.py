@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+from cantata.agents import MemberReply
+
 from ._context import RequestContext
 from ._dispatch import register
 from ._outcome import Outcome
-from ._spec import FanoutSpec
+from ._spec import FanoutSpec, ParallelSpec
 
-__all__ = ["run_fanout"]
+__all__ = ["ask_members", "run_fanout"]
 
 
-@register(FanoutSpec)
-async def run_fanout(spec: FanoutSpec, text: str, ctx: RequestContext, parent_id: str) -> Outcome:
-    """Ask all members in parallel; the text lists each answer (or failure) under its member."""
-    replies = await ctx.gather(
+async def ask_members(
+    spec: ParallelSpec, text: str, ctx: RequestContext, parent_id: str
+) -> tuple[MemberReply, ...]:
+    """Every member's reply under the spec's prompt, deadline, quorum and choices."""
+    return await ctx.gather(
         spec.members,
         text,
         prompt=spec.prompt,
@@ -24,6 +27,12 @@ async def run_fanout(spec: FanoutSpec, text: str, ctx: RequestContext, parent_id
         timeout_s=spec.member_timeout_s,
         choices=spec.choices,
     )
+
+
+@register(FanoutSpec)
+async def run_fanout(spec: FanoutSpec, text: str, ctx: RequestContext, parent_id: str) -> Outcome:
+    """Ask all members in parallel; the text lists each answer (or failure) under its member."""
+    replies = await ask_members(spec, text, ctx, parent_id)
     lines = [
         f"[{r.member}] {r.text.strip()}"
         if r.text is not None

@@ -37,6 +37,7 @@ __all__ = [
     "Label",
     "Member",
     "ModelClassifier",
+    "ParallelSpec",
     "PipelineSpec",
     "Placement",
     "PlannerExecutorSpec",
@@ -212,7 +213,9 @@ class RouterSpec(_TopologyBase, Generation):
         yield from self.routes.values()
 
 
-class _Parallel(_TopologyBase, Generation):
+class ParallelSpec(_TopologyBase, Generation):
+    """What fan-out, vote and consensus share: members asked at once, a deadline, a quorum."""
+
     members: tuple[Member, ...] = Field(min_length=1)
     quorum: PositiveInt | None = Field(
         default=None, description="Answers needed; default: a majority of the members."
@@ -226,7 +229,7 @@ class _Parallel(_TopologyBase, Generation):
     )
 
     @model_validator(mode="after")
-    def _quorum_fits(self) -> _Parallel:
+    def _quorum_fits(self) -> ParallelSpec:
         if self.quorum is not None and self.quorum > len(self.members):
             raise ValueError(f"quorum {self.quorum} exceeds the {len(self.members)} members")
         names = [member_name(m) for m in self.members]
@@ -242,7 +245,7 @@ class _Parallel(_TopologyBase, Generation):
         yield from self.members
 
 
-class FanoutSpec(_Parallel):
+class FanoutSpec(ParallelSpec):
     """Every member gets the request at once; every reply (and every failure) is returned."""
 
     pattern: Literal["fanout"] = "fanout"
@@ -262,7 +265,7 @@ class Grouping(Frozen):
         return self
 
 
-class VoteSpec(_Parallel):
+class VoteSpec(ParallelSpec):
     """Majority vote; ties go to the group holding the earliest-listed member."""
 
     pattern: Literal["vote"] = "vote"
@@ -274,7 +277,7 @@ class VoteSpec(_Parallel):
             yield self.grouping.embedder
 
 
-class ConsensusSpec(_Parallel):
+class ConsensusSpec(ParallelSpec):
     """The largest agreeing group wins if it reaches ``threshold``; else ``escalate_to`` answers."""
 
     pattern: Literal["consensus"] = "consensus"

@@ -8,6 +8,7 @@ from cantata.agents import Ballot, Decision, MemberReply
 
 from ._context import RequestContext
 from ._dispatch import register
+from ._fanout import ask_members
 from ._grouping import AnswerGroup, group_answers
 from ._outcome import Outcome
 from ._spec import VoteSpec
@@ -59,17 +60,7 @@ class Voter:
 @register(VoteSpec)
 async def run_vote(spec: VoteSpec, text: str, ctx: RequestContext, parent_id: str) -> Outcome:
     """Members answer in parallel; the largest group of equal answers wins."""
-    replies = await ctx.gather(
-        spec.members,
-        text,
-        prompt=spec.prompt,
-        parent_id=parent_id,
-        needed=spec.needed(),
-        max_tokens=spec.max_tokens,
-        temperature=spec.temperature,
-        timeout_s=spec.member_timeout_s,
-        choices=spec.choices,
-    )
+    replies = await ask_members(spec, text, ctx, parent_id)
     ballots = ballots_from(replies)
     with ctx.step("voter", parent_id) as voter_id:
         groups = await group_answers([b.answer for b in ballots], spec.grouping, ctx, voter_id)
