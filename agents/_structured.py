@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import jsonschema
@@ -24,16 +25,27 @@ def parse_structured(text: str, fmt: JsonSchemaFormat, *, model: str) -> JsonVal
             model=model,
         ) from None
     try:
-        jsonschema.validate(value, fmt.json_schema)
-    except jsonschema.ValidationError as exc:
-        where = "/".join(str(part) for part in exc.absolute_path) or "<root>"
-        raise StructuredOutputError(
-            f"{model}'s JSON does not match '{fmt.name}' at {where}: {exc.message}",
-            text=text,
-            model=model,
-        ) from None
+        validator = _validator(json.dumps(fmt.json_schema, sort_keys=True))
     except jsonschema.SchemaError as exc:
         raise StructuredOutputError(
             f"the schema '{fmt.name}' is itself invalid: {exc.message}", text=text, model=model
         ) from None
+    error = jsonschema.exceptions.best_match(validator.iter_errors(value))
+    if error is not None:
+        where = "/".join(str(part) for part in error.absolute_path) or "<root>"
+        raise StructuredOutputError(
+            f"{model}'s JSON does not match '{fmt.name}' at {where}: {error.message}",
+            text=text,
+            model=model,
+        )
     return value
+
+
+@functools.lru_cache(maxsize=256)
+def _validator(schema_json: str) -> jsonschema.protocols.Validator:
+    # Checking a schema against its metaschema costs far more than validating a reply (tens of
+    # milliseconds for a plan schema), so each distinct schema is checked and compiled once.
+    schema = json.loads(schema_json)
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
