@@ -89,6 +89,7 @@ class ModelActor:
         self.rejected = 0
         self._started = False
         self._start_error: str = ""
+        self._start_lock = asyncio.Lock()
 
     def identity(self) -> Identity:
         """Which actor and node this replica is; runtimes override it."""
@@ -109,13 +110,19 @@ class ModelActor:
         # loads its backend on first use instead of reporting itself unloaded forever.
         if self._started:
             return
-        try:
-            await self.backend.start()
-        except CantataError as exc:
-            self._start_error = str(exc)
-            raise
-        self._start_error = ""
-        self._started = True
+        async with self._start_lock:  # concurrent first calls load the model once
+            if self._started:
+                return
+            try:
+                await self.backend.start()
+            except BaseException as exc:
+                error = _typed(exc, self.spec.name)
+                self._start_error = str(error)
+                if error is exc:
+                    raise
+                raise error from None
+            self._start_error = ""
+            self._started = True
 
     async def health(self) -> Health:
         """Counters and whether the backend is loaded (loading it if it is not yet)."""
@@ -176,7 +183,8 @@ class ModelActor:
                 log.warning("model call failed", error=str(error), kind=type(error).__name__)
                 if error is exc:
                     raise
-                raise error from exc
+                # Not chained: a foreign exception may hold request details (headers, keys).
+                raise error from None
             else:
                 self.served += 1
             finally:

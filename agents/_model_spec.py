@@ -95,7 +95,8 @@ class _HttpConfig(Frozen):
     def _read_key_from_env(self) -> _HttpConfig:
         # Resolved where the spec is built (the driver), so remote actors need no env var.
         if self.api_key is None and self.api_key_env:
-            value = os.environ.get(self.api_key_env)
+            # Keys read from files (Kubernetes secrets, say) often end in a newline.
+            value = os.environ.get(self.api_key_env, "").strip()
             if value:
                 object.__setattr__(self, "api_key", SecretStr(value))
         return self

@@ -61,8 +61,10 @@ def run(
     json_output: JsonOption = False,
     address: AddressOption = None,
     num_cpus: Annotated[
-        float | None,
-        typer.Option(help="Logical CPUs of the embedded Ray. Default: this machine's cores."),
+        int | None,
+        typer.Option(
+            min=1, help="Logical CPUs of the embedded Ray. Default: this machine's cores."
+        ),
     ] = None,
     log_format: Annotated[LogFormat, typer.Option(help="Log line format on stderr.")] = (
         LogFormat.console

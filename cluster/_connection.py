@@ -47,7 +47,7 @@ class RayConnection:
 def connect(
     address: str | None = None,
     *,
-    num_cpus: float | None = None,
+    num_cpus: int | None = None,
     log_config: LogConfig | None = None,
     runtime_env: dict[str, Any] | None = None,
 ) -> RayConnection:
@@ -97,7 +97,7 @@ def connect(
                 # cluster that `ray start` left running on this machine.
                 address="local",
                 _node_ip_address="127.0.0.1",
-                num_cpus=int(num_cpus) if num_cpus is not None else os.cpu_count(),
+                num_cpus=num_cpus if num_cpus is not None else os.cpu_count(),
                 include_dashboard=False,
                 namespace=NAMESPACE,
                 logging_level=logging.WARNING,

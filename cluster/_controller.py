@@ -63,6 +63,7 @@ class DeploymentController:
         self.groups: dict[int, PlacementGroup] = {}  # replica index -> its placement group
         self._group_members: dict[str, list[int]] = {}  # group name -> replica indices
         self._indices = itertools.count()
+        self._changing = asyncio.Lock()  # one scale or drain at a time
 
     async def start(self, timeout_s: float) -> DeploymentStatus:
         """Reserve everything at once, start every replica, and report."""
@@ -197,13 +198,14 @@ class DeploymentController:
         if replicas < 1:
             raise TopologyError("a model needs at least one replica; use down to remove all")
         replica_set = self.sets[model]
-        current = len(replica_set.replicas)
-        if replicas > current:
-            await self._add_replicas({model: replicas - current}, timeout_s)
-        elif replicas < current:
-            # Newest first, so whole scale-up groups empty out and their reservations go.
-            leaving = sorted(replica_set.replicas, key=lambda r: r.index)[replicas:]
-            await self._retire(replica_set, leaving)
+        async with self._changing:
+            current = len(replica_set.replicas)
+            if replicas > current:
+                await self._add_replicas({model: replicas - current}, timeout_s)
+            elif replicas < current:
+                # Newest first, so whole scale-up groups empty out and their reservations go.
+                leaving = sorted(replica_set.replicas, key=lambda r: r.index)[replicas:]
+                await self._retire(replica_set, leaving)
         return await self.status()
 
     async def _retire(self, replica_set: ReplicaSet, leaving: list[Replica]) -> None:
@@ -230,8 +232,9 @@ class DeploymentController:
 
     async def drain(self) -> None:
         """Stop taking requests, let those in flight finish, then free every reservation."""
-        for replica_set in self.sets.values():
-            await self._retire(replica_set, list(replica_set.replicas))
+        async with self._changing:
+            for replica_set in self.sets.values():
+                await self._retire(replica_set, list(replica_set.replicas))
 
     def ping(self) -> dict[str, Any]:
         """A cheap liveness check for handles."""

@@ -27,6 +27,7 @@ from cantata.agents import (
     ModelReply,
     ModelRequest,
     ModelSpec,
+    RuntimeFailure,
     configure_logging,
 )
 from cantata.topologies import ModelHandle
@@ -106,6 +107,11 @@ class RayModelHandle(ModelHandle):
                 f"the actor serving '{self.spec.name}' is dead or unreachable"
                 f" ({type(exc).__name__})",
                 actor_id=self.actor_id,
+            ) from None
+        except ray.exceptions.RayError as exc:
+            # Lost objects, a dead owner and the like: the call's result cannot be had.
+            raise RuntimeFailure(
+                f"the call to '{self.spec.name}' failed in Ray ({type(exc).__name__})"
             ) from None
 
     async def complete(self, request: ModelRequest) -> ModelReply:

@@ -3,8 +3,8 @@
 Each request goes to the less busy of two replicas picked at random (the "power of two choices"):
 nearly as good as asking every replica, and it needs no shared state beyond this process's own
 count of requests in flight per replica. A replica whose actor is dead or restarting is skipped
-and the request is retried on another, so a lost replica never loses a request that another can
-serve.
+and the request is retried once on another, so a lost replica does not lose a request that
+another can serve.
 """
 
 from __future__ import annotations
@@ -72,8 +72,11 @@ class ReplicaSet(ModelHandle):
             try:
                 result = await call(replica.handle)
             except ActorDiedError:
-                # Dead or restarting: the request did not complete there, so try another.
+                # Dead or restarting. Another replica gets one more try; never more, so a
+                # request that kills its replica cannot take the whole set down with it.
                 tried.add(replica.index)
+                if len(tried) > 1:
+                    raise
                 continue
             finally:
                 replica.in_flight -= 1

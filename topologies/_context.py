@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -39,9 +39,26 @@ from ._outcome import Outcome
 from ._prompt import PromptTemplate
 from ._runtime import ModelHandle
 
-__all__ = ["RequestContext", "choice_format"]
+__all__ = ["RequestContext", "choice_format", "gather_all"]
 
 R = TypeVar("R")
+T = TypeVar("T")
+
+
+async def gather_all(calls: Iterable[Awaitable[T]]) -> list[T]:
+    """Run ``calls`` at once; if one fails, cancel the rest, wait for them, and re-raise.
+
+    Unlike plain ``asyncio.gather``, no sibling keeps calling models (and spending the budget,
+    and holding replicas) for a request that has already failed.
+    """
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 def choice_format(choices: Sequence[str]) -> JsonSchemaFormat:
@@ -126,6 +143,9 @@ class RequestContext:
         """Send ``text`` through ``prompt`` to ``model``; record its span and spend its cost."""
         if self.budget.exhausted:
             raise BudgetExhaustedError(f"no budget left before calling {model}")
+        if self.budget.tokens is not None:
+            # A reply may not spend more tokens than the request has left.
+            max_tokens = max(1, min(max_tokens, self.budget.tokens))
         request = ModelRequest(
             trace_id=self.trace_id,
             parent_span_id=parent_id,
@@ -250,7 +270,7 @@ class RequestContext:
                 answer = str(outcome.structured["choice"])
             return MemberReply(member=name, text=answer, latency_ms=(time.time() - start) * 1000)
 
-        replies = tuple(await asyncio.gather(*(one(member) for member in members)))
+        replies = tuple(await gather_all(one(member) for member in members))
         answered = sum(1 for reply in replies if reply.ok)
         if answered < needed:
             failures = {reply.member: reply.error or "" for reply in replies if not reply.ok}

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 
 from cantata.agents import (
-    CantataError,
     Plan,
     PlanStep,
     PlanValidationError,
@@ -19,7 +18,7 @@ from cantata.agents import (
     StructuredOutputError,
 )
 
-from ._context import RequestContext
+from ._context import RequestContext, gather_all
 from ._dispatch import register
 from ._outcome import Outcome
 from ._plan import plan_schema, validate_plan
@@ -116,13 +115,7 @@ async def _execute(
         done[step.id].set_result(result)
         return result
 
-    tasks = [asyncio.create_task(run(step)) for step in plan.steps]
-    try:
-        return list(await asyncio.gather(*tasks))
-    except CantataError:
-        for task in tasks:
-            task.cancel()
-        raise
+    return await gather_all(run(step) for step in plan.steps)
 
 
 @register(PlannerExecutorSpec)

@@ -329,6 +329,11 @@ class WeightedEnsembleSpec(_TopologyBase, Generation):
     def _one_evaluator(self) -> WeightedEnsembleSpec:
         if (self.judge is None) == (self.scorer is None):
             raise ValueError("give exactly one evaluator: a judge model or a scorer function")
+        if self.quorum is not None and self.quorum > len(self.members):
+            raise ValueError(f"quorum {self.quorum} exceeds the {len(self.members)} members")
+        names = [member_name(weighted.member) for weighted in self.members]
+        if len(set(names)) != len(names):
+            raise ValueError(f"member names must be distinct: {names}")
         return self
 
     def needed(self) -> int:

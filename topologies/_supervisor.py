@@ -8,8 +8,6 @@ another round, up to ``max_rounds``.
 
 from __future__ import annotations
 
-import asyncio
-
 from pydantic import ValidationError
 
 from cantata.agents import (
@@ -20,7 +18,7 @@ from cantata.agents import (
     StructuredOutputError,
 )
 
-from ._context import RequestContext
+from ._context import RequestContext, gather_all
 from ._dispatch import register
 from ._outcome import Outcome
 from ._prompt import PromptTemplate
@@ -163,12 +161,12 @@ async def run_supervisor_worker(
                     )
                 return f"[{assignment.worker}] {assignment.task}\n{outcome.text.strip()}"
 
-            results = "\n\n".join(await asyncio.gather(*(work(a) for a in assignments)))
+            results = "\n\n".join(await gather_all(work(a) for a in assignments))
             with ctx.step("supervisor:review", round_id) as review_id:
                 review = await supervisor.review(text, results, ctx, review_id)
         if review.approved:
             return Outcome(text=review.answer or results, rounds=round_number)
         feedback = review.feedback
-    # Out of rounds: the last round's work stands, with the supervisor's objection attached.
+    # Out of rounds: the last round's work stands (``rounds`` shows the limit was reached).
     answer = review.answer or results
     return Outcome(text=answer, rounds=spec.max_rounds)

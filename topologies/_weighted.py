@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 
 from cantata.agents import Ballot, JsonSchemaFormat, StructuredOutputError, TopologySpecError
 
-from ._context import RequestContext
+from ._context import RequestContext, gather_all
 from ._dispatch import register
 from ._grouping import group_answers
 from ._outcome import Outcome
@@ -75,10 +74,8 @@ async def _scores(
     if spec.judge is None:  # the spec's validator makes this unreachable
         raise TopologySpecError(f"'{spec.name}' has neither a judge nor a scorer")
     judge = ctx.role(Judge)(spec.judge)
-    return list(
-        await asyncio.gather(
-            *(judge.score(question, ballot.answer, ctx, parent_id) for ballot in ballots)
-        )
+    return await gather_all(
+        judge.score(question, ballot.answer, ctx, parent_id) for ballot in ballots
     )
 
 

@@ -98,8 +98,10 @@ class JsonPoster:
     def _scrub(self, text: str) -> str:
         if self._api_key is not None:
             secret = self._api_key.get_secret_value()
-            if secret:
-                text = text.replace(secret, "**********")
+            # The bare key too: messages often quote it escaped or without its whitespace.
+            for form in sorted({secret, secret.strip()}, key=len, reverse=True):
+                if form:
+                    text = text.replace(form, "**********")
         return text
 
     async def post(self, path: str, payload: dict[str, Any], *, deadline: float | None) -> Any:
@@ -178,6 +180,15 @@ class JsonPoster:
         except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
             return MalformedResponseError(
                 f"{url} broke off its response ({type(exc).__name__}: "
+                f"{self._excerpt(str(exc).encode())})",
+                model=self.model,
+                attempts=attempt,
+            )
+        except httpx.HTTPError as exc:
+            # Anything else httpx raises (a header it refuses, a failed write, a bad encoding)
+            # may quote the request, Authorization header included: scrub, and do not chain.
+            return BackendError(
+                f"request to {url} failed ({type(exc).__name__}: "
                 f"{self._excerpt(str(exc).encode())})",
                 model=self.model,
                 attempts=attempt,

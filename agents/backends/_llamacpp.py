@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,9 @@ class LlamaCppBackend(ModelBackend):
         self.chat_format = chat_format or ("chatml" if model_path is None else None)
         self._llama: Any = None
         self._lock = asyncio.Lock()
+        # Held by the thread that runs llama.cpp: cancelling the awaiting coroutine releases
+        # the asyncio lock, but the thread keeps generating until it finishes.
+        self._engine = threading.Lock()
 
     def __repr__(self) -> str:
         return f"LlamaCppBackend(model_path={str(self.model_path)!r})"
@@ -105,6 +109,10 @@ class LlamaCppBackend(ModelBackend):
         return self._completion(data)
 
     def _generate(self, request: ModelRequest) -> Any:
+        with self._engine:
+            return self._generate_locked(request)
+
+    def _generate_locked(self, request: ModelRequest) -> Any:
         kwargs: dict[str, Any] = {
             "messages": [{"role": m.role, "content": m.content} for m in request.messages],
             "max_tokens": request.max_tokens,
@@ -142,4 +150,8 @@ class LlamaCppBackend(ModelBackend):
     async def aclose(self) -> None:
         llama, self._llama = self._llama, None
         if llama is not None:
-            await asyncio.to_thread(llama.close)
+            await asyncio.to_thread(self._close, llama)
+
+    def _close(self, llama: Any) -> None:
+        with self._engine:  # after any generation still running in a thread
+            llama.close()

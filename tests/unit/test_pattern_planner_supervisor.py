@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from cantata.agents import (
+    BackendError,
     CantataError,
     FunctionConfig,
     ModelRequest,
@@ -393,3 +394,29 @@ async def test_the_assignment_schema_admits_only_the_workers():
         parse_structured(unknown, fmt, model="boss")
     system = supervisor.assign_requests[0].messages[0].content
     assert "- checker: checks\n- writer: writes" in system
+
+
+async def test_a_failing_step_cancels_its_running_siblings():
+    finished: list[str] = []
+
+    async def slow(request: ModelRequest) -> str:
+        await asyncio.sleep(2)
+        finished.append("slow")
+        return "late"
+
+    def broken(request: ModelRequest) -> str:
+        raise ValueError("the tool broke")
+
+    steps = [
+        {"id": "s1", "executor": "slow", "prompt": "wait", "depends_on": []},
+        {"id": "s2", "executor": "broken", "prompt": "fail", "depends_on": []},
+    ]
+    spec = PlannerExecutorSpec(
+        name="pe",
+        planner=model("planner", json.dumps({"steps": steps})),
+        executors={"slow": model("slow", slow), "broken": model("broken", broken)},
+    )
+    with pytest.raises(BackendError, match="the tool broke"):
+        await run_topology(spec, "go", InProcessRuntime())
+    await asyncio.sleep(2.5)
+    assert finished == []

@@ -151,3 +151,10 @@ async def test_a_typed_error_from_the_model_reaches_the_caller():
     spec = SingleSpec(name="fails", model=ModelSpec(name="m", backend=FunctionConfig(fn=broken)))
     with pytest.raises(BudgetExhaustedError, match="out of credit"):
         await run_topology(spec, "x", InProcessRuntime())
+
+
+def test_api_key_read_from_a_file_loses_its_trailing_newline(monkeypatch):
+    monkeypatch.setenv("TEST_LLM_KEY", "sk-from-a-file\n")
+    config = OpenAIConfig(base_url="http://127.0.0.1:9/v1", model="m", api_key_env="TEST_LLM_KEY")
+    assert config.api_key is not None
+    assert config.api_key.get_secret_value() == "sk-from-a-file"
