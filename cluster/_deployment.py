@@ -113,6 +113,9 @@ def deploy(
         "namespace": NAMESPACE,
         "lifetime": "detached",
         "num_cpus": 0,
+        # On the head node: a controller on a worker would die with that worker, and every
+        # replica with it. Ray gives the head this resource; a sliver of it pins us there.
+        "resources": {"node:__internal_head__": 0.001},
         "max_concurrency": 1000,
         "max_restarts": 0,
     }

@@ -192,6 +192,12 @@ def test_a_lost_node_shows_unhealthy_replicas_that_recover_when_it_returns(ray_c
     topology = SingleSpec(name="fragile", model=model("fragile", num_cpus=0.5, custom={"spare": 1}))
     deployment = deploy(topology, "fragile-test")
     try:
+        (controller,) = [
+            actor
+            for actor in ray._private.state.actors().values()
+            if actor["Name"] == "deployment:fragile-test" and actor["State"] == "ALIVE"
+        ]
+        assert controller["Address"]["NodeID"] == ray_cluster.head  # it survives worker loss
         assert replica_health(deployment, "fragile") == [True]
         ray_cluster.cluster.remove_node(node)
         assert settle(lambda: replica_health(deployment, "fragile") == [False], limit_s=60)
