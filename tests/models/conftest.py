@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import signal
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ import httpx
 import pytest
 
 from cantata.agents.backends import default_model_path
-from tests.support.ray_cli import free_port, ray_start, wait_for_nodes
+from tests.support.ray_cli import free_port, two_node_cluster
 
 
 def wait_until_serving(url: str, process: subprocess.Popen[bytes], limit_s: float = 90) -> None:
@@ -82,30 +81,7 @@ def cli_cluster() -> Iterator[str]:
     one, as it does 127.0.0.1 for a node joining a cluster. Each ``ray start --block`` stops the
     Ray processes it started when it is terminated, so the test stops exactly what it started.
     """
-    port = free_port()
-    address = f"127.0.0.2:{port}"
-    head = ray_start(
-        "127.0.0.2",
-        ["--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
-         "--disable-usage-stats"],
-    )  # fmt: skip
-    nodes = [head]
-    try:
-        wait_for_nodes(address, 1)
-        nodes.append(
-            ray_start(
-                "127.0.0.3",
-                [f"--address={address}", "--num-cpus=2", '--resources={"cli_node": 1}'],
-            )
-        )
-        wait_for_nodes(address, 2)
+    with two_node_cluster(
+        "127.0.0.2", "127.0.0.3", worker_cpus=2, worker_resources='{"cli_node": 1}'
+    ) as address:
         yield address
-    finally:
-        for node in reversed(nodes):
-            node.send_signal(signal.SIGTERM)
-        for node in nodes:
-            try:
-                node.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                node.kill()
-                node.wait()

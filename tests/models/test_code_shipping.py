@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.ray_cli import free_port, ray_start, wait_for_nodes
+from tests.support.ray_cli import two_node_cluster
 
 pytestmark = pytest.mark.model
 
@@ -86,24 +86,13 @@ def test_deploy_ships_a_wheel_to_a_worker_without_cantata(tmp_path, echo_server)
     assert built.returncode == 0, built.stderr[-2000:]
     (wheel,) = wheels.glob("cantata-*.whl")
 
-    port = free_port()
-    address = f"127.0.0.4:{port}"
-    head = ray_start(
+    with two_node_cluster(
         "127.0.0.4",
-        ["--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
-         "--disable-usage-stats"],
-    )  # fmt: skip
-    nodes = [head]
-    try:
-        wait_for_nodes(address, 1)
-        nodes.append(
-            ray_start(
-                "127.0.0.5",
-                [f"--address={address}", "--num-cpus=1", '--resources={"bare": 1}'],
-                python=bare_python,
-            )
-        )
-        wait_for_nodes(address, 2)
+        "127.0.0.5",
+        worker_cpus=1,
+        worker_resources='{"bare": 1}',
+        worker_python=bare_python,
+    ) as address:
         topology = tmp_path / "remote.yaml"
         topology.write_text(
             "pattern: single\nname: shipped\nmodel:\n  name: remote\n"
@@ -128,8 +117,3 @@ def test_deploy_ships_a_wheel_to_a_worker_without_cantata(tmp_path, echo_server)
         (replica,) = json.loads(deployed.stdout)["deployments"][0]["models"][0]["replicas"]
         bare_node = [span["node_id"] for span in result["trace"] if span["model"]]
         assert bare_node == [replica["node_id"]]
-    finally:
-        for node in reversed(nodes):
-            node.terminate()
-        for node in nodes:
-            node.wait(timeout=60)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["free_port", "ray_start", "wait_for_nodes"]
+__all__ = ["free_port", "ray_start", "two_node_cluster", "wait_for_nodes"]
 
 
 def free_port() -> int:
@@ -59,3 +62,58 @@ def wait_for_nodes(address: str, count: int, limit_s: float = 90) -> None:
             return
         time.sleep(1)
     raise RuntimeError(f"the cluster at {address} did not reach {count} nodes in {limit_s}s")
+
+
+@contextlib.contextmanager
+def two_node_cluster(
+    head_ip: str,
+    worker_ip: str,
+    *,
+    worker_cpus: int,
+    worker_resources: str,
+    worker_python: Path | None = None,
+) -> Iterator[str]:
+    """A head (1 CPU) and a worker started with ``ray start --block``; yields the address.
+
+    Use loopback addresses other than 127.0.0.1, which Ray rewrites to the machine's outward
+    address for a joining node. Each ``ray start --block`` stops the processes it started when
+    terminated, so this stops exactly what it started.
+    """
+    port = free_port()
+    address = f"{head_ip}:{port}"
+    nodes = [
+        ray_start(
+            head_ip,
+            [
+                "--head",
+                f"--port={port}",
+                "--num-cpus=1",
+                "--include-dashboard=false",
+                "--disable-usage-stats",
+            ],
+        )
+    ]
+    try:
+        wait_for_nodes(address, 1)
+        nodes.append(
+            ray_start(
+                worker_ip,
+                [
+                    f"--address={address}",
+                    f"--num-cpus={worker_cpus}",
+                    f"--resources={worker_resources}",
+                ],
+                python=worker_python,
+            )
+        )
+        wait_for_nodes(address, 2)
+        yield address
+    finally:
+        for node in reversed(nodes):
+            node.send_signal(signal.SIGTERM)
+        for node in nodes:
+            try:
+                node.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                node.kill()
+                node.wait()
