@@ -11,6 +11,7 @@ from ._errors import (
     BackendError,
     BackendHTTPError,
     BackendTimeoutError,
+    BudgetExceededError,
     BudgetExhaustedError,
     CantataError,
     DeadlineExceededError,
@@ -73,6 +74,7 @@ from ._roles import (
     StepResult,
 )
 from ._structured import parse_structured
+from ._telemetry import RefusalReason, Telemetry, TelemetryGroup
 
 __all__ = [
     "MESSAGE_ADAPTER",
@@ -86,6 +88,7 @@ __all__ = [
     "BackendTimeoutError",
     "Ballot",
     "Budget",
+    "BudgetExceededError",
     "BudgetExhaustedError",
     "CantataError",
     "ChatMessage",
@@ -122,6 +125,7 @@ __all__ = [
     "Pricing",
     "QuorumNotReachedError",
     "RateLimitedError",
+    "RefusalReason",
     "RequestRejectedError",
     "Resources",
     "Review",
@@ -131,6 +135,8 @@ __all__ = [
     "Span",
     "StepResult",
     "StructuredOutputError",
+    "Telemetry",
+    "TelemetryGroup",
     "TopologyError",
     "TopologySpecError",
     "UnschedulableError",

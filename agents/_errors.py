@@ -20,8 +20,11 @@
     │   └── ActorStartTimeoutError       an actor was feasible but did not start in time
     ├── DeadlineExceededError            the request's deadline passed
     ├── BudgetExhaustedError             the request's token or cost budget ran out
+    │   └── BudgetExceededError          a deployment's spending limit for the period is reached
     └── TopologyError
         ├── TopologySpecError            a topology file or object is invalid
+        │   ├── DatasetError             an evaluation dataset is invalid (cantata.topologies)
+        │   └── OtlpConfigError          the OTEL_* settings cannot be honoured (cantata.cluster)
         ├── PlanValidationError          a planner's plan is unusable (``.problems``)
         ├── AssignmentError              a supervisor assigned work to workers that do not exist
         └── QuorumNotReachedError        too few members answered (``.failures``)
@@ -39,6 +42,7 @@ __all__ = [
     "BackendError",
     "BackendHTTPError",
     "BackendTimeoutError",
+    "BudgetExceededError",
     "BudgetExhaustedError",
     "CantataError",
     "DeadlineExceededError",
@@ -60,7 +64,16 @@ __all__ = [
 
 
 class CantataError(Exception):
-    """Base class of every error Cantata raises on purpose."""
+    """Base class of every error Cantata raises on purpose.
+
+    ``span`` is the failed model call's span when a model actor raised the error, and
+    ``trace`` every span the failed request had finished, when a topology raised it: a
+    failure keeps its trace and its spending on record.
+    """
+
+    # Typed loosely: spans are messages, and messages import this module.
+    span: object = None
+    trace: tuple[object, ...] = ()
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -174,6 +187,29 @@ class DeadlineExceededError(CantataError):
 
 class BudgetExhaustedError(CantataError):
     """The request's remaining token or cost budget cannot pay for the next step."""
+
+
+class BudgetExceededError(BudgetExhaustedError):
+    """A deployment refused a request that would take its spending past its limit.
+
+    ``limit_usd`` is the limit per ``period_s``; ``spent_usd`` what the period has spent so
+    far; ``expected_usd`` what the refused request was expected to cost.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        limit_usd: float,
+        spent_usd: float,
+        expected_usd: float,
+        period_s: float = 3600.0,
+    ) -> None:
+        super().__init__(message)
+        self.limit_usd = limit_usd
+        self.spent_usd = spent_usd
+        self.expected_usd = expected_usd
+        self.period_s = period_s
 
 
 class TopologyError(CantataError):

@@ -135,7 +135,9 @@ class Span(Frozen):
     """One timed step of a request: a model call or a role agent's step.
 
     Model fields are empty for role-agent steps; ``actor_id`` and ``node_id`` name the Ray actor
-    and node that did the work (empty when it ran in-process without Ray).
+    and node that did the work (empty when it ran in-process without Ray). ``cost_usd`` is what
+    the call cost by the model's token pricing; ``error_type`` names the Cantata error class of a
+    failed span (``error`` holds its message).
     """
 
     span_id: str = Field(default_factory=new_id)
@@ -151,8 +153,10 @@ class Span(Frozen):
     latency_ms: NonNegativeFloat
     input_tokens: NonNegativeInt = 0
     output_tokens: NonNegativeInt = 0
+    cost_usd: NonNegativeFloat = 0.0
     status: Literal["ok", "error"] = "ok"
     error: str | None = None
+    error_type: str | None = None
 
     @model_validator(mode="after")
     def _ends_after_start(self) -> Span:

@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
 from typing import Literal, TypeVar
 
 import structlog
@@ -39,9 +40,11 @@ from ._messages import (
     Span,
     Usage,
     accept,
+    new_id,
 )
 from ._model_spec import ModelSpec
 from ._structured import parse_structured
+from ._telemetry import RefusalReason, Telemetry
 from .backends import Completion, EmbeddingBackend, ModelBackend
 
 __all__ = ["Health", "Identity", "ModelActor"]
@@ -50,6 +53,9 @@ log = structlog.get_logger("cantata.model")
 
 T = TypeVar("T")
 M = TypeVar("M", bound=Envelope)
+
+MAX_ERROR_CHARS = 500
+"""How much of an error's message a span keeps: errors may quote untrusted server text."""
 
 
 class Identity(Frozen):
@@ -87,6 +93,9 @@ class ModelActor:
         self.served = 0
         self.failed = 0
         self.rejected = 0
+        self.queued = 0
+        self.telemetry: Telemetry = Telemetry()
+        self._slots = asyncio.Semaphore(self.spec.max_concurrency)
         self._started = False
         self._start_error: str = ""
         self._start_lock = asyncio.Lock()
@@ -144,16 +153,27 @@ class ModelActor:
         )
 
     async def close(self) -> None:
-        """Release the backend."""
-        await self.backend.aclose()
-        self._started = False
+        """Release the backend and send what telemetry has buffered."""
+        try:
+            await self.backend.aclose()
+        finally:
+            self._started = False
+            self.telemetry.flush()
 
     def _admit(self, message: object, expected: type[M]) -> M:
         """Validate on arrival and check deadline and budget; count what is turned away."""
         try:
             return self._check(accept(message, expected))
-        except CantataError:
+        except CantataError as exc:
             self.rejected += 1
+            reason: RefusalReason = (
+                "budget"
+                if isinstance(exc, BudgetExhaustedError)
+                else "deadline"
+                if isinstance(exc, DeadlineExceededError)
+                else "invalid"
+            )
+            self.telemetry.refused(self.spec.name, reason, model=self.spec.name)
             raise
 
     def _check(self, message: M) -> M:
@@ -166,29 +186,98 @@ class ModelActor:
             )
         return message
 
-    @contextlib.contextmanager
-    def _serving(self, request: Envelope) -> Iterator[None]:
-        """Bind the request to log lines, count it in flight, then as served or failed.
+    @contextlib.asynccontextmanager
+    async def _serving(self, request: Envelope) -> AsyncIterator[_Call]:
+        """Bind the request to log lines, wait for a free slot, count the call, time it.
 
         Errors leave as Cantata's typed errors: anything else a backend raises is wrapped in a
-        :class:`BackendError`, so no failure reaches the caller untyped.
+        :class:`BackendError`, so no failure reaches the caller untyped. A failed call still
+        ends in an error span, reported to telemetry and attached to the error as ``span``.
         """
-        with bound(trace_id=request.trace_id, agent=self.spec.name, model=self.spec.name):
-            self.in_flight += 1
+        call = _Call(span_id=new_id(), start=time.time())
+        spec = self.spec
+        with bound(
+            trace_id=request.trace_id,
+            span_id=call.span_id,
+            agent=spec.name,
+            model=spec.name,
+            version=spec.version,
+        ):
             try:
-                yield
+                await self._acquire_slot(request)
+                self.in_flight += 1
+                self._report_load()
+                call.start = time.time()
+                try:
+                    yield call
+                finally:
+                    self.in_flight -= 1
+                    self._slots.release()
+                    self._report_load()
             except BaseException as exc:
                 self.failed += 1
-                error = _typed(exc, self.spec.name)
+                error = _typed(exc, spec.name)
+                if isinstance(error, CantataError):
+                    span = self._span(request, call, time.time(), error=error)
+                    error.span = span  # the caller's trace keeps the failed call
+                    self.telemetry.span_ended(span)
                 log.warning("model call failed", error=str(error), kind=type(error).__name__)
                 if error is exc:
                     raise
                 # Not chained: a foreign exception may hold request details (headers, keys).
                 raise error from None
-            else:
-                self.served += 1
-            finally:
-                self.in_flight -= 1
+            self.served += 1
+
+    async def _acquire_slot(self, request: Envelope) -> None:
+        # Calls beyond max_concurrency wait here rather than in Ray's queue, so the actor can
+        # count them, and a call whose deadline passes while it waits fails instead of running.
+        if not self._slots.locked():
+            await self._slots.acquire()  # free now: no wait, nothing queued to report
+            return
+        self.queued += 1
+        self._report_load()
+        try:
+            await self._with_deadline(self._slots.acquire(), request, waiting=True)
+        finally:
+            self.queued -= 1
+
+    def _report_load(self) -> None:
+        self.telemetry.model_load(
+            self.spec.name, self.spec.version, in_flight=self.in_flight, queued=self.queued
+        )
+
+    def _span(
+        self,
+        request: Envelope,
+        call: _Call,
+        end: float,
+        *,
+        model: str | None = None,
+        usage: Usage | None = None,
+        cost_usd: float = 0.0,
+        error: CantataError | None = None,
+    ) -> Span:
+        where = self.identity()
+        usage = usage or Usage()
+        return Span(
+            span_id=call.span_id,
+            parent_id=request.parent_span_id,
+            trace_id=request.trace_id,
+            agent=self.spec.name,
+            model=model or self.spec.name,
+            model_version=self.spec.version,
+            actor_id=where.actor_id,
+            node_id=where.node_id,
+            start=call.start,
+            end=max(end, call.start),
+            latency_ms=max(end - call.start, 0.0) * 1000,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cost_usd=cost_usd,
+            status="ok" if error is None else "error",
+            error=None if error is None else str(error)[:MAX_ERROR_CHARS],
+            error_type=None if error is None else type(error).__name__,
+        )
 
     async def complete(self, request: ModelRequest) -> ModelReply:
         """Answer one chat request with a normalized, stamped reply."""
@@ -196,15 +285,15 @@ class ModelActor:
         if not isinstance(self.backend, ModelBackend):
             raise InvalidMessageError(f"{self.spec.name} is an embedding model; send embed()")
         await self._ensure_started()
-        with self._serving(request):
-            start = time.time()
+        async with self._serving(request) as call:
             completion = await self._with_deadline(self.backend.complete(request), request)
             structured = None
             if request.response_format is not None:
                 structured = parse_structured(
                     completion.text, request.response_format, model=self.spec.name
                 )
-            reply = self._reply(request, completion, structured, start, time.time())
+            reply = self._reply(request, completion, structured, call, time.time())
+            self.telemetry.span_ended(reply.span)
             log.debug(
                 "model call",
                 latency_ms=round(reply.latency_ms, 1),
@@ -218,28 +307,13 @@ class ModelActor:
         request: ModelRequest,
         completion: Completion,
         structured: object,
-        start: float,
+        call: _Call,
         end: float,
     ) -> ModelReply:
-        where = self.identity()
         model = completion.model or self.spec.name
-        latency_ms = (end - start) * 1000
         usage = completion.usage
-        span = Span(
-            parent_id=request.parent_span_id,
-            trace_id=request.trace_id,
-            agent=self.spec.name,
-            model=model,
-            model_version=self.spec.version,
-            actor_id=where.actor_id,
-            node_id=where.node_id,
-            start=start,
-            end=end,
-            latency_ms=latency_ms,
-            input_tokens=usage.input_tokens,
-            output_tokens=usage.output_tokens,
-        )
         cost = self.spec.pricing.cost(usage.input_tokens, usage.output_tokens)
+        span = self._span(request, call, end, model=model, usage=usage, cost_usd=cost)
         return ModelReply.model_validate(
             {
                 "trace_id": request.trace_id,
@@ -253,7 +327,7 @@ class ModelActor:
                 "model_version": self.spec.version,
                 "usage": usage,
                 "cost_usd": cost,
-                "latency_ms": latency_ms,
+                "latency_ms": span.latency_ms,
                 "finish_reason": completion.finish_reason,
                 "span": span,
             }
@@ -265,31 +339,16 @@ class ModelActor:
         if not isinstance(self.backend, EmbeddingBackend):
             raise InvalidMessageError(f"{self.spec.name} is a chat model; send complete()")
         await self._ensure_started()
-        with self._serving(request):
-            start = time.time()
+        async with self._serving(request) as call:
             result = await self._with_deadline(
                 self.backend.embed(
                     request.texts, input_type=request.input_type, deadline=request.deadline
                 ),
                 request,
             )
-            end = time.time()
-            where = self.identity()
-            model = result.model or self.spec.name
             usage = Usage(input_tokens=result.input_tokens)
-            span = Span(
-                parent_id=request.parent_span_id,
-                trace_id=request.trace_id,
-                agent=self.spec.name,
-                model=model,
-                model_version=self.spec.version,
-                actor_id=where.actor_id,
-                node_id=where.node_id,
-                start=start,
-                end=end,
-                latency_ms=(end - start) * 1000,
-                input_tokens=usage.input_tokens,
-            )
+            span = self._span(request, call, time.time(), model=result.model, usage=usage)
+            self.telemetry.span_ended(span)
             return EmbedReply(
                 trace_id=request.trace_id,
                 parent_span_id=span.span_id,
@@ -297,23 +356,32 @@ class ModelActor:
                 budget=request.budget.spend(usage.total_tokens, 0.0),
                 request_id=request.id,
                 vectors=result.vectors,
-                model=model,
+                model=result.model or self.spec.name,
                 model_version=self.spec.version,
                 usage=usage,
                 latency_ms=span.latency_ms,
                 span=span,
             )
 
-    async def _with_deadline(self, call: Awaitable[T], message: Envelope) -> T:
+    async def _with_deadline(
+        self, call: Awaitable[T], message: Envelope, *, waiting: bool = False
+    ) -> T:
         left = message.remaining_s()
         if left is None:
             return await call
         try:
             return await asyncio.wait_for(call, timeout=max(left, 0.0))
         except TimeoutError:
-            raise DeadlineExceededError(
-                f"{self.spec.name}: the deadline passed during the call"
-            ) from None
+            where = "while it waited for a free slot" if waiting else "during the call"
+            raise DeadlineExceededError(f"{self.spec.name}: the deadline passed {where}") from None
+
+
+@dataclass
+class _Call:
+    """One call's span id and start, fixed before it runs so its log lines can name the span."""
+
+    span_id: str
+    start: float
 
 
 def _typed(exc: BaseException, model: str) -> BaseException:

@@ -190,10 +190,17 @@ BackendConfig = Annotated[
 
 
 class Pricing(Frozen):
-    """US dollars per million tokens; zero for local models."""
+    """What a model costs: US dollars per million tokens, and per hour of reservation.
+
+    ``per_hour`` is what one replica's reservation costs while it is held, serving or idle:
+    the GPU machine a self-hosted model occupies, say. Token prices are zero for local models.
+    """
 
     input_per_mtok: NonNegativeFloat = 0.0
     output_per_mtok: NonNegativeFloat = 0.0
+    per_hour: NonNegativeFloat = Field(
+        default=0.0, description="US dollars per hour of one replica's reservation."
+    )
 
     def cost(self, input_tokens: int, output_tokens: int) -> float:
         """The price of one call."""

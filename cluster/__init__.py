@@ -3,24 +3,41 @@
 from ._connection import RayConnection, connect
 from ._controller import DeploymentController
 from ._deployment import Deployment, deploy, get_deployment, list_deployments
+from ._ledger import CostBy, CostLedger, CostReport, CostRow
+from ._metrics import SERIES, RayMetrics
+from ._observability import Observability
+from ._otel import OtlpConfig, OtlpConfigError, OtlpSpanSink, otel_available
 from ._ray_actor import RayModelActor, RayModelHandle, ray_hosted
 from ._ray_runtime import RayRuntime, alive_node_totals
 from ._replicas import Replica, ReplicaSet
 from ._reservations import actor_options, check_feasible, placement_bundle
-from ._status import DeploymentStatus, ModelStatus, ReplicaStatus
+from ._spending import SpendingGuard
+from ._status import DeploymentStatus, ModelStatus, ReplicaStatus, SpendStatus
 
 __all__ = [
+    "SERIES",
+    "CostBy",
+    "CostLedger",
+    "CostReport",
+    "CostRow",
     "Deployment",
     "DeploymentController",
     "DeploymentStatus",
     "ModelStatus",
+    "Observability",
+    "OtlpConfig",
+    "OtlpConfigError",
+    "OtlpSpanSink",
     "RayConnection",
+    "RayMetrics",
     "RayModelActor",
     "RayModelHandle",
     "RayRuntime",
     "Replica",
     "ReplicaSet",
     "ReplicaStatus",
+    "SpendStatus",
+    "SpendingGuard",
     "actor_options",
     "alive_node_totals",
     "check_feasible",
@@ -28,6 +45,7 @@ __all__ = [
     "deploy",
     "get_deployment",
     "list_deployments",
+    "otel_available",
     "placement_bundle",
     "ray_hosted",
 ]

@@ -12,15 +12,26 @@ from rich.table import Table
 from cantata.agents import LogConfig, RuntimeFailure, configure_logging
 from cantata.topologies import load_topology
 
-from ._cli_common import AddressOption, JsonOption, print_json, print_result, report_failure
+from ._cli_common import (
+    AddressOption,
+    InputFileOption,
+    InputOption,
+    JsonOption,
+    TraceOption,
+    print_json,
+    print_result,
+    read_request,
+    report_failure,
+)
 from ._connection import connect
 from ._deployment import deploy, get_deployment, list_deployments
-from ._status import DeploymentStatus
+from ._status import DeploymentStatus, SpendStatus
 
-__all__ = ["add_deployment_commands"]
+__all__ = ["add_deployment_commands", "join_cluster"]
 
 
-def _join(address: str | None, runtime_env: dict[str, Any] | None = None) -> None:
+def join_cluster(address: str | None, runtime_env: dict[str, Any] | None = None) -> None:
+    """Connect to the cluster at ``address``; deployments need one, never an embedded Ray."""
     if not address:
         raise RuntimeFailure(
             "deployments live on a running Ray cluster: give --address (or set RAY_ADDRESS);"
@@ -61,6 +72,31 @@ def _print_status(statuses: list[DeploymentStatus]) -> None:
                     str(replica.served),
                 )
         console.print(table)
+        if status.spend is not None:
+            console.print(_spend_line(status.spend), highlight=False)
+
+
+def _spend_line(spend: SpendStatus) -> str:
+    budget = f" of a ${spend.budget_usd_per_hour:g}/h budget" if spend.budget_usd_per_hour else ""
+    line = (
+        f"spend: ${spend.last_hour_usd:.6f} in the last hour{budget} · now"
+        f" ${spend.rate_usd_per_hour:.6f}/h · {spend.refused_last_hour} refused by the budget"
+    )
+    if not spend.alerting:
+        return f"[dim]{line}[/]"
+    culprits = ", ".join(f"{k} ${v:.6f}" for k, v in spend.top_models.items())
+    routes = ", ".join(f"{k} ${v:.6f}" for k, v in spend.top_routes.items())
+    return (
+        f"[bold red]ALERT[/] spend rate ${spend.rate_usd_per_hour:.6f}/h is above"
+        f" ${spend.alert_usd_per_hour:g}/h · models: {culprits or '-'} · routes: {routes or '-'}"
+        f"\n[dim]{line}[/]"
+    )
+
+
+def _positive(value: float | None) -> float | None:
+    if value is not None and value <= 0:
+        raise typer.BadParameter("must be more than zero")
+    return value
 
 
 def deploy_command(
@@ -77,13 +113,41 @@ def deploy_command(
             " (build one with `pip wheel --no-deps -w dist .`).",
         ),
     ] = None,
+    budget_usd_per_hour: Annotated[
+        float | None,
+        typer.Option(
+            "--budget-usd-per-hour",
+            callback=_positive,
+            help="Refuse requests that would take the last hour's token cost past this"
+            " (overrides the file's budget.usd_per_hour).",
+        ),
+    ] = None,
+    alert_usd_per_hour: Annotated[
+        float | None,
+        typer.Option(
+            "--alert-usd-per-hour",
+            callback=_positive,
+            help="Mark the deployment and log a warning when it spends faster than this"
+            " (overrides the file's budget.alert_usd_per_hour).",
+        ),
+    ] = None,
     json_output: JsonOption = False,
 ) -> None:
     """Deploy a topology: reserve every replica at once, start them, keep them running."""
     try:
         spec = load_topology(file)
-        _join(address, {"py_modules": [str(wheel.resolve())]} if wheel else None)
-        deployment = deploy(spec, name, start_timeout_s=start_timeout)
+        budget = spec.budget.model_copy(
+            update={
+                key: value
+                for key, value in (
+                    ("usd_per_hour", budget_usd_per_hour),
+                    ("alert_usd_per_hour", alert_usd_per_hour),
+                )
+                if value is not None
+            }
+        )
+        join_cluster(address, {"py_modules": [str(wheel.resolve())]} if wheel else None)
+        deployment = deploy(spec, name, start_timeout_s=start_timeout, budget=budget)
         status = deployment.status()
     except Exception as exc:
         report_failure(exc, json_output)
@@ -97,7 +161,7 @@ def status_command(
 ) -> None:
     """Every deployment's models and replicas: node, health, load."""
     try:
-        _join(address)
+        join_cluster(address)
         names = [name] if name else list_deployments()
         statuses = [get_deployment(each).status() for each in names]
     except Exception as exc:
@@ -107,17 +171,21 @@ def status_command(
 
 def call_command(
     name: Annotated[str, typer.Argument(help="The deployment to ask.")],
-    input_text: Annotated[str, typer.Option("--input", "-i", help="The request text.")],
+    input_text: InputOption = None,
+    input_file: InputFileOption = None,
     address: AddressOption = None,
     json_output: JsonOption = False,
+    trace: TraceOption = False,
 ) -> None:
     """Send one request to a deployment; prints what `cantata run` prints."""
+    # Before joining the cluster: a request that cannot be read is a usage error (exit 64).
+    request = read_request(input_text, input_file)
     try:
-        _join(address)
-        result = get_deployment(name).call(input_text)
+        join_cluster(address)
+        result = get_deployment(name).call(request)
     except Exception as exc:
-        report_failure(exc, json_output)
-    print_result(result, json_output)
+        report_failure(exc, json_output, trace=trace)
+    print_result(result, json_output, trace=trace)
 
 
 def scale_command(
@@ -129,7 +197,7 @@ def scale_command(
 ) -> None:
     """Change one model's replicas; requests in flight finish first."""
     try:
-        _join(address)
+        join_cluster(address)
         status = get_deployment(name).scale(model, replicas)
     except Exception as exc:
         report_failure(exc, json_output)
@@ -143,7 +211,7 @@ def down_command(
 ) -> None:
     """Drain a deployment and free everything it reserved."""
     try:
-        _join(address)
+        join_cluster(address)
         get_deployment(name).down()
     except Exception as exc:
         report_failure(exc, json_output)

@@ -19,10 +19,12 @@ from cantata.agents import (
     RuntimeFailure,
     TopologyError,
 )
-from cantata.topologies import RunResult, TopologySpec
+from cantata.topologies import DeploymentBudget, RunResult, TopologySpec
 
 from ._connection import NAMESPACE
 from ._controller import DeploymentController
+from ._ledger import CostBy, CostReport
+from ._observability import Observability
 from ._status import DeploymentStatus
 
 __all__ = ["Deployment", "deploy", "get_deployment", "list_deployments"]
@@ -79,6 +81,15 @@ class Deployment:
         status: DeploymentStatus = _unwrap(self.actor.status.remote(), f"status of '{self.name}'")
         return status
 
+    def cost(self, *, since_s: float | None = None, by: CostBy = "model") -> CostReport:
+        """What the deployment spent in the last ``since_s`` seconds, per model, route or version.
+
+        Token cost comes from the model calls' pricing, reservation cost from each replica's
+        ``pricing.per_hour`` for the time it was held; the rows add up to ``total``.
+        """
+        report: CostReport = _unwrap(self.actor.cost.remote(since_s, by), f"cost of '{self.name}'")
+        return report
+
     def scale(self, model: str, replicas: int, *, timeout_s: float = 120.0) -> DeploymentStatus:
         """Change one model's replicas; requests in flight are not dropped."""
         status: DeploymentStatus = _unwrap(
@@ -98,8 +109,13 @@ def deploy(
     *,
     start_timeout_s: float = 120.0,
     log_config: LogConfig | None = None,
+    budget: DeploymentBudget | None = None,
+    observability: Observability | None = None,
 ) -> Deployment:
     """Deploy ``spec`` as ``name``: reserve it whole, start every replica, return a handle.
+
+    ``budget`` overrides the topology's own ``budget`` block. ``observability`` defaults to
+    Ray metrics plus span export when this process's environment configures an OTLP endpoint.
 
     Fails with :class:`~cantata.agents.UnschedulableError` when the cluster cannot hold the
     deployment (at once when no node could, after ``start_timeout_s`` when the free resources
@@ -119,7 +135,10 @@ def deploy(
         "max_concurrency": 1000,
         "max_restarts": 0,
     }
-    controller = _remote_controller.options(**options).remote(name, spec, log_config)
+    observability = observability or Observability.from_env(topology=spec.name, deployment=name)
+    controller = _remote_controller.options(**options).remote(
+        name, spec, log_config, observability, budget
+    )
     try:
         _unwrap(
             controller.start.remote(start_timeout_s),

@@ -32,9 +32,18 @@ from cantata.agents import (
 )
 from cantata.topologies import ModelHandle
 
-__all__ = ["RayModelActor", "RayModelHandle", "ray_hosted"]
+from ._observability import Observability
+
+__all__ = ["ACTOR_CONCURRENCY", "RayModelActor", "RayModelHandle", "ray_hosted"]
 
 T = TypeVar("T")
+
+ACTOR_CONCURRENCY = 1000
+"""Ray's concurrency limit for a model actor (Ray's own default for async actors).
+
+The model's ``max_concurrency`` is enforced inside the actor instead, where calls waiting
+for a slot can be counted and their deadlines kept, and health checks never queue behind them.
+"""
 
 
 _HOSTED: dict[type[ModelActor], type[ModelActor]] = {}
@@ -49,13 +58,19 @@ def ray_hosted(base: type[ModelActor]) -> type[ModelActor]:
     if base in _HOSTED:
         return _HOSTED[base]
 
-    def __init__(self: ModelActor, spec: ModelSpec, log_config: LogConfig | None = None) -> None:
+    def __init__(
+        self: ModelActor,
+        spec: ModelSpec,
+        log_config: LogConfig | None = None,
+        observability: Observability | None = None,
+    ) -> None:
         configure_logging(log_config)  # each actor is its own process with its own structlog
         base.__init__(self, spec)
         context = ray.get_runtime_context()
         self.__dict__["_ray_identity"] = Identity(
             actor_id=context.get_actor_id(), node_id=context.get_node_id()
         )
+        self.telemetry = (observability or Observability()).telemetry("model")
 
     def identity(self: ModelActor) -> Identity:
         identity: Identity = self.__dict__["_ray_identity"]
@@ -126,3 +141,7 @@ class RayModelHandle(ModelHandle):
     async def start(self) -> Health:
         """Load the model in the actor; resolves once the actor is scheduled and ready."""
         return await self._call(self.actor.start.remote())
+
+    async def close(self) -> None:
+        """Release the model and flush the actor's telemetry (before the actor is killed)."""
+        await self._call(self.actor.close.remote())

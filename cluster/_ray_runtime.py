@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -16,10 +17,11 @@ from cantata.agents import (
 )
 from cantata.topologies import ModelHandle, Runtime
 
-from ._ray_actor import RayModelHandle, ray_hosted
+from ._observability import Observability
+from ._ray_actor import ACTOR_CONCURRENCY, RayModelHandle, ray_hosted
 from ._reservations import actor_options, check_feasible
 
-__all__ = ["RayRuntime", "alive_node_totals"]
+__all__ = ["RayRuntime", "alive_node_totals", "close_quietly"]
 
 
 _REMOTE_CLASSES: dict[type[ModelActor], Any] = {}
@@ -47,7 +49,8 @@ class RayRuntime(Runtime):
     the models already started for the same call are killed first.
 
     ``actor_classes`` maps a model's name to a :class:`~cantata.agents.ModelActor` subclass that
-    hosts it instead of the default (see ``examples/custom_model_actor.py``).
+    hosts it instead of the default (see ``examples/custom_model_actor.py``). ``observability``
+    labels the actors' metrics and configures span export (default: metrics only).
     """
 
     def __init__(
@@ -56,8 +59,10 @@ class RayRuntime(Runtime):
         log_config: LogConfig | None = None,
         start_timeout_s: float = 120.0,
         actor_classes: Mapping[str, type[ModelActor]] | None = None,
+        observability: Observability | None = None,
     ) -> None:
         self.log_config = log_config or LogConfig()
+        self.observability = observability or Observability()
         self.start_timeout_s = start_timeout_s
         self.actor_classes = dict(actor_classes or {})
 
@@ -67,9 +72,9 @@ class RayRuntime(Runtime):
         actor_class = _remote_class(self.actor_classes.get(spec.name, ModelActor))
         actor = actor_class.options(
             **options,
-            max_concurrency=spec.max_concurrency,
+            max_concurrency=ACTOR_CONCURRENCY,
             max_restarts=0,
-        ).remote(spec, self.log_config)
+        ).remote(spec, self.log_config, self.observability)
         return RayModelHandle(actor, spec)
 
     async def start_models(self, specs: Sequence[ModelSpec]) -> dict[str, ModelHandle]:
@@ -94,6 +99,22 @@ class RayRuntime(Runtime):
         return {handle.name: handle for handle in handles}
 
     async def stop_models(self, handles: Sequence[ModelHandle]) -> None:
-        for handle in handles:
-            if isinstance(handle, RayModelHandle):
-                ray.kill(handle.actor, no_restart=True)
+        ray_handles = [handle for handle in handles if isinstance(handle, RayModelHandle)]
+        await close_quietly(ray_handles)
+        for handle in ray_handles:
+            ray.kill(handle.actor, no_restart=True)
+
+
+CLOSE_TIMEOUT_S = 5.0
+
+
+async def close_quietly(handles: Sequence[RayModelHandle]) -> None:
+    """Let actors release their models and flush telemetry, briefly, before they are killed.
+
+    A dead or stuck actor must not hold up teardown, so failures and slowness are ignored.
+    """
+    if not handles:
+        return
+    closing = asyncio.gather(*(handle.close() for handle in handles), return_exceptions=True)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(closing, timeout=CLOSE_TIMEOUT_S)

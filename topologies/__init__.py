@@ -4,10 +4,43 @@ Topologies reach models only through the :class:`Runtime` interface, so the same
 in-process (:class:`InProcessRuntime`) or on Ray (``cantata.cluster.RayRuntime``). Role agents
 (:class:`EmbeddingRouter`, :class:`ModelRouter`, :class:`Planner`, :class:`Supervisor`,
 :class:`Voter`, :class:`Judge`) are plain classes with documented methods to subclass.
+:func:`run_evaluation` and :func:`build_report` grade a topology on a labelled dataset
+(``cantata eval``).
 """
 
 from ._context import RequestContext
 from ._dispatch import PatternRunner, register, run_pattern
+from ._eval_compare import Comparison, Delta, GateResult, Gates, check_gates, compare, load_gates
+from ._eval_dataset import Dataset, DatasetError, Example, load_dataset, parse_dataset
+from ._eval_metrics import (
+    ConfusionMatrix,
+    LatencyStats,
+    ThresholdFit,
+    fit_default_precision,
+    fit_threshold,
+    percentile,
+)
+from ._eval_report import (
+    DEFAULT_SIMILARITY_THRESHOLD,
+    AnswerReport,
+    CostReport,
+    EnsembleReport,
+    EvalReport,
+    FailureReport,
+    Mistake,
+    ModelReport,
+    RoutingReport,
+    build_report,
+)
+from ._evaluation import (
+    DEFAULT_CONCURRENCY,
+    CaseResult,
+    ModelCall,
+    check_dataset,
+    default_embedder,
+    evaluate,
+    run_evaluation,
+)
 from ._grouping import AnswerGroup, cosine, group_answers, normalize
 from ._outcome import Outcome
 from ._plan import plan_schema, validate_plan
@@ -19,6 +52,7 @@ from ._run import answer, run_topology
 from ._runtime import InProcessRuntime, LocalModelHandle, ModelHandle, Runtime
 from ._spec import (
     ConsensusSpec,
+    DeploymentBudget,
     EmbeddingClassifier,
     FanoutSpec,
     Grouping,
@@ -48,20 +82,41 @@ from ._vote import Voter
 from ._weighted import Judge
 
 __all__ = [
+    "DEFAULT_CONCURRENCY",
+    "DEFAULT_SIMILARITY_THRESHOLD",
     "AnswerGroup",
+    "AnswerReport",
+    "CaseResult",
+    "Comparison",
+    "ConfusionMatrix",
     "ConsensusSpec",
+    "CostReport",
+    "Dataset",
+    "DatasetError",
+    "Delta",
+    "DeploymentBudget",
     "EmbeddingClassifier",
     "EmbeddingRouter",
+    "EnsembleReport",
+    "EvalReport",
+    "Example",
+    "FailureReport",
     "FanoutSpec",
+    "GateResult",
+    "Gates",
     "Grouping",
     "InProcessRuntime",
     "Judge",
     "JudgeSpec",
     "Label",
+    "LatencyStats",
     "LocalModelHandle",
     "Member",
+    "Mistake",
+    "ModelCall",
     "ModelClassifier",
     "ModelHandle",
+    "ModelReport",
     "ModelRouter",
     "Outcome",
     "ParallelSpec",
@@ -73,12 +128,14 @@ __all__ = [
     "PromptTemplate",
     "RequestContext",
     "RouterSpec",
+    "RoutingReport",
     "RunResult",
     "Runtime",
     "SingleSpec",
     "Stage",
     "Supervisor",
     "SupervisorWorkerSpec",
+    "ThresholdFit",
     "TopologySpec",
     "VoteSpec",
     "Voter",
@@ -86,14 +143,27 @@ __all__ = [
     "WeightedMember",
     "WorkerRole",
     "answer",
+    "build_report",
+    "check_dataset",
+    "check_gates",
+    "compare",
     "cosine",
+    "default_embedder",
+    "evaluate",
+    "fit_default_precision",
+    "fit_threshold",
     "group_answers",
+    "load_dataset",
+    "load_gates",
     "load_topology",
     "member_name",
     "normalize",
+    "parse_dataset",
     "parse_topology",
+    "percentile",
     "plan_schema",
     "register",
+    "run_evaluation",
     "run_pattern",
     "run_topology",
     "validate_plan",

@@ -30,6 +30,7 @@ async def run_consensus(
         share = decision.tally.get(decision.winner, 0.0) / len(replies)
         decision = decision.model_copy(update={"agreement": share})
         if share >= spec.threshold:
+            ctx.telemetry.decided(spec.name, spec.pattern, decision)
             return Outcome(text=decision.winner, decision=decision, replies=replies)
         escalated = await ctx.call_member(
             spec.escalate_to,
@@ -40,4 +41,5 @@ async def run_consensus(
             temperature=spec.temperature,
         )
     decision = decision.model_copy(update={"winner": escalated.text, "escalated": True})
+    ctx.telemetry.decided(spec.name, spec.pattern, decision)
     return Outcome(text=escalated.text, decision=decision, replies=replies)

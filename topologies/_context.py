@@ -29,8 +29,10 @@ from cantata.agents import (
     ModelSpec,
     QuorumNotReachedError,
     Span,
+    Telemetry,
     TopologyError,
     Usage,
+    bound,
     new_id,
 )
 
@@ -76,7 +78,11 @@ def choice_format(choices: Sequence[str]) -> JsonSchemaFormat:
 
 @dataclass
 class RequestContext:
-    """One request through a topology. Collects every span; tracks what the budget has left."""
+    """One request through a topology. Collects every span; tracks what the budget has left.
+
+    ``telemetry`` receives the spans of the steps run here (model actors report their own
+    calls), and the routes and decisions the patterns make.
+    """
 
     handles: dict[str, ModelHandle]
     trace_id: str = field(default_factory=new_id)
@@ -86,6 +92,7 @@ class RequestContext:
     usage: Usage = field(default_factory=Usage)
     cost_usd: float = 0.0
     roles: Mapping[type, type] = field(default_factory=dict)
+    telemetry: Telemetry = field(default_factory=Telemetry)
 
     def role(self, cls: type[R]) -> type[R]:
         """The class to use for role ``cls``: the caller's replacement, or ``cls`` itself."""
@@ -99,27 +106,30 @@ class RequestContext:
         """Time a role agent's step as a span; yields the span id for its children."""
         span_id = new_id()
         start = time.time()
-        error: str | None = None
+        error: BaseException | None = None
         try:
-            yield span_id
+            with bound(trace_id=self.trace_id, span_id=span_id, agent=agent):
+                yield span_id
         except BaseException as exc:
-            error = f"{type(exc).__name__}: {exc}"
+            error = exc
             raise
         finally:
             end = time.time()
-            self.spans.append(
-                Span(
-                    span_id=span_id,
-                    parent_id=parent_id,
-                    trace_id=self.trace_id,
-                    agent=agent,
-                    start=start,
-                    end=end,
-                    latency_ms=(end - start) * 1000,
-                    status="ok" if error is None else "error",
-                    error=error,
-                )
+            span = Span(
+                span_id=span_id,
+                parent_id=parent_id,
+                trace_id=self.trace_id,
+                agent=agent,
+                start=start,
+                end=end,
+                latency_ms=(end - start) * 1000,
+                status="ok" if error is None else "error",
+                # Bounded: an error may quote untrusted model or server text.
+                error=None if error is None else f"{type(error).__name__}: {error}"[:500],
+                error_type=None if error is None else type(error).__name__,
             )
+            self.spans.append(span)
+            self.telemetry.span_ended(span)
 
     def _deadline(self, timeout_s: float | None) -> float | None:
         if timeout_s is None:
@@ -156,7 +166,11 @@ class RequestContext:
             temperature=temperature,
             response_format=response_format,
         )
-        reply = await self.handles[model].complete(request)
+        try:
+            reply = await self.handles[model].complete(request)
+        except CantataError as exc:
+            self._keep_failed_span(exc)
+            raise
         self.spans.append(reply.span)
         self.usage += reply.usage
         self.cost_usd += reply.cost_usd
@@ -175,10 +189,19 @@ class RequestContext:
             texts=texts,
             input_type="passage" if input_type == "passage" else "query",
         )
-        reply = await self.handles[model].embed(request)
+        try:
+            reply = await self.handles[model].embed(request)
+        except CantataError as exc:
+            self._keep_failed_span(exc)
+            raise
         self.spans.append(reply.span)
         self.usage += reply.usage
         return reply
+
+    def _keep_failed_span(self, error: CantataError) -> None:
+        # The model actor attaches its failed call's span to the error it raises.
+        if isinstance(error.span, Span) and error.span.trace_id == self.trace_id:
+            self.spans.append(error.span)
 
     async def call_member(
         self,

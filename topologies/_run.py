@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 
-from cantata.agents import Budget, Span, new_id
+from cantata.agents import Budget, CantataError, Span, Telemetry, new_id
 
 # Each pattern module registers its runner with _dispatch when imported.
 from . import (  # noqa: F401
@@ -35,22 +35,41 @@ async def answer(
     *,
     trace_id: str | None = None,
     roles: Mapping[type, type] | None = None,
+    telemetry: Telemetry | None = None,
+    cost_limit_usd: float | None = None,
 ) -> RunResult:
     """Answer one request with models that are already started.
 
-    ``roles`` replaces role agents with subclasses, e.g. ``{Voter: VetoVoter}``.
+    ``roles`` replaces role agents with subclasses, e.g. ``{Voter: VetoVoter}``. ``telemetry``
+    receives this request's steps, routes and decisions. ``cost_limit_usd`` caps what the
+    request may spend (a deployment passes what its budget has left).
+
+    A failed request raises its typed error with ``trace`` set to every span it finished,
+    so what it did and spent stays on record.
     """
     ctx = RequestContext(
         handles=dict(handles),
         roles=dict(roles or {}),
         trace_id=trace_id or new_id(),
         deadline=None if spec.timeout_s is None else time.time() + spec.timeout_s,
-        budget=Budget(tokens=spec.max_tokens_budget),
+        budget=Budget(tokens=spec.max_tokens_budget, cost_usd=cost_limit_usd),
+        telemetry=telemetry or Telemetry(),
     )
     start = time.time()
-    with ctx.step(spec.name, None) as root_id:
-        outcome = await run_pattern(spec, text, ctx, root_id)
+    root_id = ""
+    try:
+        with ctx.step(spec.name, None) as root_id:
+            outcome = await run_pattern(spec, text, ctx, root_id)
+    except CantataError as exc:
+        exc.trace = _ordered(ctx.spans, root_id)
+        ctx.telemetry.request_ended(
+            spec.name, spec.pattern, latency_s=time.time() - start, error_type=type(exc).__name__
+        )
+        raise
     latency_ms = (time.time() - start) * 1000
+    ctx.telemetry.request_ended(
+        spec.name, spec.pattern, latency_s=latency_ms / 1000, error_type=None
+    )
     return RunResult(
         topology=spec.name,
         pattern=spec.pattern,
@@ -83,10 +102,13 @@ async def run_topology(
     *,
     trace_id: str | None = None,
     roles: Mapping[type, type] | None = None,
+    telemetry: Telemetry | None = None,
 ) -> RunResult:
     """Start the topology's models on ``runtime``, answer ``text``, and stop them again."""
     handles = await runtime.start_models(spec.models())
     try:
-        return await answer(spec, text, handles, trace_id=trace_id, roles=roles)
+        return await answer(
+            spec, text, handles, trace_id=trace_id, roles=roles, telemetry=telemetry
+        )
     finally:
         await runtime.stop_models(list(handles.values()))

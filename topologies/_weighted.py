@@ -105,4 +105,5 @@ async def run_weighted_ensemble(
         ]
         groups = await group_answers([b.answer for b in scored], spec.grouping, ctx, step_id)
         decision = ctx.role(Voter)().decide(scored, groups)
+    ctx.telemetry.decided(spec.name, spec.pattern, decision)
     return Outcome(text=decision.winner, decision=decision, replies=replies)

@@ -19,13 +19,26 @@ CANTATA = Path(sys.executable).with_name("cantata")
 SECRET = "sk-live-NEVER-PRINT-ME-42"
 
 
-def cantata(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    environment = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | (env or {})
+EXIT_USAGE = 64
+ANSI_ESCAPE = "\x1b"
+
+
+def cantata(
+    *args: str, env: dict[str, str] | None = None, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    # Never a terminal here: stdout and stderr are pipes, as in CI or `2>err.txt`.
+    environment = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"RAY_ADDRESS", "RAY_COLOR_PREFIX", "FORCE_COLOR", "PY_COLORS"}
+    } | (env or {})
     return subprocess.run(
         [str(CANTATA), *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
+        input=stdin,
+        stdin=None if stdin is not None else subprocess.DEVNULL,
         timeout=240,
         env=environment,
         check=False,
@@ -68,13 +81,45 @@ def test_run_json_prints_one_object_answered_by_smollm2_in_a_ray_actor():
     assert model_span["start"] <= model_span["end"]
 
 
-def test_run_without_json_prints_the_answer_and_a_summary():
-    done = cantata("run", "examples/single.yaml", "--input", "What is the capital of France?")
+def test_run_without_json_prints_the_answer_a_summary_and_the_trace_tree():
+    # The request comes from stdin (`--input -`); debug logs make the model actor's line reach
+    # stderr through Ray, whose forwarded-line prefix is coloured unless told otherwise.
+    done = cantata(
+        "run", "examples/single.yaml", "--input", "-", "--trace", "--log-level", "debug",
+        stdin="What is the capital of France?\n",
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "paris" in done.stdout.lower()
     assert "smollm2: SmolLM2-135M-Instruct.Q4_1 v135m-instruct-q4_1" in done.stdout
     assert "tokens" in done.stdout
     assert "actor " in done.stdout
+    # The tree comes after the answer and the summary: the root, then the model call under it.
+    tree = done.stdout[done.stdout.index("ask-smollm2 · ") :].splitlines()
+    assert tree[0].endswith("· ok")
+    assert tree[1].startswith("└── smollm2 · SmolLM2-135M-Instruct.Q4_1@135m-instruct-q4_1 · ")
+    assert " in / " in done.stdout.split("└── ", 1)[1]
+    assert ANSI_ESCAPE not in done.stdout
+    assert ANSI_ESCAPE not in done.stderr, done.stderr
+
+
+def test_run_json_with_trace_keeps_stdout_one_object_and_draws_the_tree_on_stderr(tmp_path):
+    request = tmp_path / "request.txt"
+    request.write_text("What is the capital of France?", encoding="utf-8")
+    done = cantata("run", "examples/single.yaml", "--input-file", str(request), "--json", "--trace")
+    assert done.returncode == 0, done.stderr
+    (line,) = done.stdout.strip().splitlines()
+    result = json.loads(line)
+    assert "paris" in result["text"].lower()
+    for span in result["trace"]:
+        for field in ("input_tokens", "output_tokens", "cost_usd", "model_version", "node_id"):
+            assert field in span, (field, span)
+    model_span = result["trace"][1]
+    assert model_span["cost_usd"] >= 0
+    assert re.fullmatch(r"[0-9a-f]{56}", model_span["node_id"])
+    assert "ask-smollm2 · " in done.stderr
+    assert "└── smollm2 · SmolLM2-135M-Instruct.Q4_1@135m-instruct-q4_1" in done.stderr
+    assert f"node {model_span['node_id'][:8]}" in done.stderr.replace("\n    ", " ")
+    assert ANSI_ESCAPE not in done.stderr
 
 
 def test_unschedulable_topology_fails_fast_with_a_typed_error(tmp_path):
@@ -120,8 +165,81 @@ def test_invalid_topology_exits_2_with_the_problem():
 def test_help_describes_run():
     done = cantata("run", "--help")
     assert done.returncode == 0
-    for option in ("--input", "--json", "--address", "--log-format", "--num-cpus"):
+    for option in (
+        "--input", "--input-file", "--json", "--trace", "--address", "--log-format", "--num-cpus",
+    ):  # fmt: skip
         assert option in done.stdout
+
+
+def test_help_shows_no_value_for_flags_and_documents_the_exit_codes():
+    root = cantata("--help", env={"COLUMNS": "120"})
+    assert root.returncode == 0
+    assert "64 command-line usage error" in root.stdout
+    commands = re.findall(r"^│ (\w+) ", root.stdout, flags=re.MULTILINE)
+    assert {"run", "call", "deploy", "status"} <= set(commands)
+    for command in commands:
+        shown = cantata(command, "--help", env={"COLUMNS": "120"})
+        assert shown.returncode == 0, (command, shown.stderr)
+        assert "--help" in shown.stdout
+        assert "<bool>" not in shown.stdout, command
+    assert "<bool>" not in root.stdout
+
+
+def test_version_and_no_arguments():
+    version = cantata("--version")
+    assert version.returncode == 0
+    assert version.stdout.startswith("cantata ")
+    bare = cantata()
+    assert bare.returncode == EXIT_USAGE  # nothing asked: the help, as a usage error
+    assert "Usage: cantata" in bare.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "examples/single.yaml"], "no request: give --input TEXT"),
+        (["run", "examples/single.yaml", "--input", ""], "the request is empty"),
+        (["run", "examples/single.yaml", "--input", " \n\t"], "the request is empty"),
+        (["run", "examples/single.yaml", "--input", "hi", "--input-file", "README.md"], "not both"),
+        (["run", "examples/single.yaml", "--input-file", "no/such/file.txt"], "cannot read"),
+        (["run", "examples/single.yaml", "--input", "hi", "--no-such-option"], "No such option"),
+        (["run", "--input", "hi"], "Missing argument"),
+        (["call", "some-deployment"], "no request: give --input TEXT"),
+        (["call", "some-deployment", "--input", "   "], "the request is empty"),
+    ],
+)
+def test_usage_errors_exit_64_before_starting_ray(args, message):
+    done = cantata(*args)
+    assert done.returncode == EXIT_USAGE, done.stdout + done.stderr
+    assert message in done.stderr
+    assert "Try 'cantata" in done.stderr  # the usage hint
+    assert done.stdout == ""
+    assert ANSI_ESCAPE not in done.stderr
+    assert "Ray" not in done.stderr  # refused before Ray started
+
+
+def test_usage_errors_with_json_still_print_one_json_object():
+    done = cantata("run", "examples/single.yaml", "--json", "--input", "")
+    assert done.returncode == EXIT_USAGE
+    error = json.loads(done.stdout)["error"]
+    assert error["type"] == "UsageError"
+    assert "empty" in error["message"]
+
+
+def test_blank_stdin_and_oversized_files_are_refused(tmp_path):
+    blank = cantata("run", "examples/single.yaml", "--input", "-", stdin="\n  \n")
+    assert blank.returncode == EXIT_USAGE
+    assert "the request is empty" in blank.stderr
+    huge = tmp_path / "huge.txt"
+    huge.write_bytes(b"x" * (1024 * 1024 + 1))
+    too_big = cantata("run", "examples/single.yaml", "--input-file", str(huge))
+    assert too_big.returncode == EXIT_USAGE
+    assert "over 1 MiB" in too_big.stderr
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("café".encode("latin-1"))
+    not_utf8 = cantata("run", "examples/single.yaml", "--input-file", str(latin1))
+    assert not_utf8.returncode == EXIT_USAGE
+    assert "not UTF-8" in not_utf8.stderr
 
 
 def test_run_joins_an_existing_cluster_with_address(cli_cluster, tmp_path):

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 pytestmark = pytest.mark.model
 
@@ -51,11 +52,32 @@ def json_of(done: subprocess.CompletedProcess[str]) -> Any:
     return json.loads(done.stdout)
 
 
-def test_deploy_status_call_scale_down_the_router_example(cli_cluster):
+def priced_copy(example: Path, into: Path) -> Path:
+    """``example`` with a price on every model: per token, and per hour of each replica."""
+    data = yaml.safe_load(example.read_text(encoding="utf-8"))
+
+    def price(node: Any) -> None:
+        if isinstance(node, dict):
+            if "backend" in node and "name" in node:
+                node["pricing"] = {"input_per_mtok": 100, "output_per_mtok": 200, "per_hour": 3.6}
+            for value in node.values():
+                price(value)
+        elif isinstance(node, list):
+            for value in node:
+                price(value)
+
+    price(data)
+    path = into / example.name
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+def test_deploy_status_call_cost_scale_down_the_router_example(cli_cluster, tmp_path):
     before = available(cli_cluster)
+    router = priced_copy(ROOT / "examples" / "router.yaml", tmp_path)
     deployed = json_of(
-        cantata("deploy", "examples/router.yaml", "--name", "triage", "--address", cli_cluster,
-                "--json")
+        cantata("deploy", str(router), "--name", "triage", "--address", cli_cluster,
+                "--alert-usd-per-hour", "1", "--json")
     )  # fmt: skip
     try:
         status = json_of(cantata("status", "triage", "--address", cli_cluster, "--json"))
@@ -80,6 +102,36 @@ def test_deploy_status_call_scale_down_the_router_example(cli_cluster):
         assert {s["actor_id"] for s in result["trace"] if s["model"]} <= {
             r["actor_id"] for m in models.values() for r in m["replicas"]
         }
+        spent = sum(s["cost_usd"] for s in result["trace"] if s["model"])
+        assert spent > 0
+        assert spent == pytest.approx(result["cost_usd"])
+
+        cost = json_of(cantata("cost", "triage", "--by", "model", "--address", cli_cluster,
+                               "--json"))  # fmt: skip
+        rows = {row["key"]: row for row in cost["rows"]}
+        assert set(rows) == set(models)  # every model holds a priced reservation
+        assert cost["total"]["requests"] == 1
+        assert rows["e5"]["calls"] >= 1
+        assert rows["billing-agent"]["output_tokens"] > 0
+        assert rows["billing-agent"]["requests"] == 1
+        for field in ("input_tokens", "output_tokens", "token_cost_usd", "reservation_cost_usd"):
+            assert sum(row[field] for row in rows.values()) == pytest.approx(cost["total"][field])
+        assert cost["total"]["token_cost_usd"] == pytest.approx(spent)
+        assert cost["total"]["total_usd"] == pytest.approx(
+            cost["total"]["token_cost_usd"] + cost["total"]["reservation_cost_usd"]
+        )
+        by_route = json_of(cantata("cost", "triage", "--by", "route", "--since", "1h",
+                                   "--address", cli_cluster, "--json"))  # fmt: skip
+        assert {row["key"] for row in by_route["rows"]} == {"billing", "(reserved capacity)"}
+
+        # Four replicas at $3.60 an hour are $14.40 an hour, above the $1 alert.
+        spend = json_of(cantata("status", "triage", "--address", cli_cluster, "--json"))[
+            "deployments"
+        ][0]["spend"]
+        assert spend["alerting"]
+        assert spend["alert_usd_per_hour"] == 1
+        text = cantata("status", "triage", "--address", cli_cluster)
+        assert "ALERT" in text.stdout
 
         scaled = json_of(
             cantata("scale", "triage", "general-agent", "2", "--address", cli_cluster, "--json")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
 from collections.abc import Callable
 
 import pytest
@@ -25,6 +27,7 @@ from cantata.topologies import (
     PromptTemplate,
     RouterSpec,
     Stage,
+    answer,
     run_topology,
 )
 
@@ -272,21 +275,26 @@ VOCAB = ("money", "invoice", "crash", "bug", "parcel")
 class KeywordEmbedder(EmbeddingBackend):
     """One dimension per vocabulary word: the word's count in the text."""
 
-    def __init__(self, vocab: tuple[str, ...] = VOCAB) -> None:
+    def __init__(self, vocab: tuple[str, ...] = VOCAB, delay_s: float = 0.0) -> None:
         self.vocab = vocab
+        self.delay_s = delay_s
         self.calls: list[tuple[tuple[str, ...], str]] = []
 
     async def embed(
         self, texts: tuple[str, ...], *, input_type: str = "query", deadline: float | None = None
     ) -> Embeddings:
         self.calls.append((texts, input_type))
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)  # let concurrent requests overlap
         vectors = tuple(
             tuple(float(text.lower().split().count(word)) for word in self.vocab) for text in texts
         )
         return Embeddings(vectors=vectors, input_tokens=sum(len(t.split()) for t in texts))
 
 
-def embedding_router(embedder: ModelSpec, threshold: float = 0.0) -> RouterSpec:
+def embedding_router(
+    embedder: ModelSpec, threshold: float = 0.0, temperature: float | None = None
+) -> RouterSpec:
     return RouterSpec(
         name="er",
         classifier=EmbeddingClassifier(
@@ -296,6 +304,7 @@ def embedding_router(embedder: ModelSpec, threshold: float = 0.0) -> RouterSpec:
                 "tech": Label(description="crash or bug reports"),
                 "other": Label(description="greetings"),
             },
+            **({} if temperature is None else {"temperature": temperature}),
         ),
         routes={
             "billing": model("billing-desk", "billing answer"),
@@ -305,6 +314,13 @@ def embedding_router(embedder: ModelSpec, threshold: float = 0.0) -> RouterSpec:
         default="other",
         threshold=threshold,
     )
+
+
+def softmax(similarities: dict[str, float], temperature: float) -> dict[str, float]:
+    """The expected probabilities, computed independently of the router."""
+    weights = {label: math.exp(value / temperature) for label, value in similarities.items()}
+    total = sum(weights.values())
+    return {label: weight / total for label, weight in weights.items()}
 
 
 async def test_the_embedding_classifier_routes_to_the_nearest_label():
@@ -320,9 +336,12 @@ async def test_the_embedding_classifier_routes_to_the_nearest_label():
     assert result.route.label == "tech"
     assert result.route.target == "tech-desk"
     assert result.route.defaulted is False
-    # Query (0,0,1,0,0) against "crash or bug reports" (0,0,1,1,0): cos = 1/sqrt(2).
-    assert result.route.confidence == pytest.approx(2**-0.5)
-    assert result.route.scores == pytest.approx({"billing": 0.0, "tech": 2**-0.5, "other": 0.0})
+    # Query (0,0,1,0,0) against "crash or bug reports" (0,0,1,1,0): cos = 1/sqrt(2); the other
+    # labels share no word with it: cos = 0. At temperature 0.01 a lead of 0.7 is a certainty.
+    assert result.route.scores == pytest.approx(
+        softmax({"billing": 0.0, "tech": 2**-0.5, "other": 0.0}, 0.01)
+    )
+    assert result.route.confidence == pytest.approx(1.0)
     # Label texts are embedded as passages, the request as a query.
     assert backend.calls == [
         (("invoice questions", "money back", "crash or bug reports", "greetings"), "passage"),
@@ -330,34 +349,89 @@ async def test_the_embedding_classifier_routes_to_the_nearest_label():
     ]
 
 
-async def test_the_embedding_classifier_scores_every_label_by_its_best_text():
+async def test_the_embedding_classifier_scores_are_probabilities_of_each_labels_best_text():
     embedder = ModelSpec(
         name="kw-embed-scores", backend=CustomConfig(factory=lambda _r: KeywordEmbedder())
     )
-    result = await run_topology(embedding_router(embedder), "money money crash", InProcessRuntime())
+    spec = embedding_router(embedder, temperature=0.5)
+    result = await run_topology(spec, "money money crash", InProcessRuntime())
 
     assert result.route is not None
-    # Query (2,0,1,0,0): "money back" (1,0,0,0,0) scores 2/sqrt(5); "crash or bug" 1/sqrt(10).
-    assert result.route.scores == pytest.approx(
-        {"billing": 2 / 5**0.5, "tech": 1 / 10**0.5, "other": 0.0}
-    )
+    # Query (2,0,1,0,0): billing's best text, "money back" (1,0,0,0,0), scores 2/sqrt(5) (its
+    # description shares no word); "crash or bug" 1/sqrt(10); "greetings" 0.
+    similarities = {"billing": 2 / 5**0.5, "tech": 1 / 10**0.5, "other": 0.0}
+    assert result.route.scores == pytest.approx(softmax(similarities, 0.5))
+    assert sum(result.route.scores.values()) == pytest.approx(1.0)
     assert result.route.label == "billing"
+    assert result.route.confidence == pytest.approx(result.route.scores["billing"])
     assert result.text == "billing answer"
+
+
+async def test_the_temperature_sets_how_sharp_the_probabilities_are():
+    embedder = ModelSpec(
+        name="kw-embed-temperature", backend=CustomConfig(factory=lambda _r: KeywordEmbedder())
+    )
+    runtime = InProcessRuntime()
+    confidence = {}
+    for temperature in (1.0, 0.1, 0.01):
+        spec = embedding_router(embedder, temperature=temperature)
+        result = await run_topology(spec, "money money crash", runtime)
+        assert result.route is not None
+        assert result.route.label == "billing"
+        assert sum(result.route.scores.values()) == pytest.approx(1.0)
+        confidence[temperature] = result.route.confidence
+
+    # Same similarities (0.89, 0.32, 0): the lower the temperature, the surer the router.
+    assert 1 / 3 < confidence[1.0] < confidence[0.1] < confidence[0.01]
+    assert confidence[1.0] == pytest.approx(0.5077, abs=1e-4)
+    assert confidence[0.01] > 0.999
 
 
 async def test_the_embedding_classifier_below_threshold_defaults():
     embedder = ModelSpec(
         name="kw-embed-threshold", backend=CustomConfig(factory=lambda _r: KeywordEmbedder())
     )
-    result = await run_topology(
-        embedding_router(embedder, threshold=0.9), "my app shows a crash", InProcessRuntime()
-    )
+    # At temperature 1 a crash report is only about half likely to be "tech" (0.50).
+    spec = embedding_router(embedder, threshold=0.9, temperature=1.0)
+    result = await run_topology(spec, "my app shows a crash", InProcessRuntime())
 
     assert result.route is not None
     assert result.route.label == "tech"
+    assert result.route.confidence == pytest.approx(softmax({"a": 2**-0.5, "b": 0, "c": 0}, 1)["a"])
     assert result.route.defaulted is True
     assert result.route.target == "front-desk"
     assert result.text == "hello answer"
+    # At the default temperature the same request is sure enough.
+    sure = await run_topology(
+        embedding_router(embedder, threshold=0.9), "my app shows a crash", InProcessRuntime()
+    )
+    assert sure.route is not None
+    assert sure.route.defaulted is False
+    assert sure.text == "tech answer"
+
+
+async def test_concurrent_first_requests_embed_the_label_texts_once():
+    backend = KeywordEmbedder(delay_s=0.02)
+    embedder = ModelSpec(name="kw-embed-stampede", backend=CustomConfig(factory=lambda _r: backend))
+    spec = embedding_router(embedder)
+    runtime = InProcessRuntime()
+    handles = await runtime.start_models(spec.models())
+    try:
+        texts = ["a crash", "money back please", "a bug", "an invoice", "bug crash"]
+        results = await asyncio.gather(*(answer(spec, text, handles) for text in texts))
+    finally:
+        await runtime.stop_models(list(handles.values()))
+
+    assert [r.route.label for r in results if r.route] == [
+        "tech",
+        "billing",
+        "tech",
+        "billing",
+        "tech",
+    ]
+    passages = [texts for texts, input_type in backend.calls if input_type == "passage"]
+    assert len(passages) == 1
+    assert sum(1 for _, input_type in backend.calls if input_type == "query") == len(texts)
 
 
 async def test_two_embedders_with_one_name_do_not_share_label_vectors():
