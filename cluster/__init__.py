@@ -1,6 +1,6 @@
 """Where topologies run: Ray connection, model actors on Ray, reservations, deployments, the CLI."""
 
-from ._connection import RayConnection, connect
+from ._connection import RayConnection, connect, current_identity
 from ._controller import DeploymentController
 from ._deployment import Deployment, deploy, get_deployment, list_deployments
 from ._ledger import CostBy, CostLedger, CostReport, CostRow
@@ -42,6 +42,7 @@ __all__ = [
     "alive_node_totals",
     "check_feasible",
     "connect",
+    "current_identity",
     "deploy",
     "get_deployment",
     "list_deployments",

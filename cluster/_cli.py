@@ -39,7 +39,7 @@ from ._cli_common import (
 from ._cli_cost import add_cost_command
 from ._cli_deploy import add_deployment_commands
 from ._cli_eval import add_eval_command
-from ._connection import connect
+from ._connection import connect, current_identity
 from ._observability import Observability
 from ._ray_runtime import RayRuntime
 
@@ -105,7 +105,11 @@ def run(
             telemetry = observability.telemetry("driver")
             runtime = RayRuntime(log_config=log_config, observability=observability)
             try:
-                result = asyncio.run(run_topology(spec, request, runtime, telemetry=telemetry))
+                result = asyncio.run(
+                    run_topology(
+                        spec, request, runtime, telemetry=telemetry, where=current_identity()
+                    )
+                )
             finally:
                 telemetry.flush()  # the driver's spans, before Ray and this process go
             # The answer first: tearing Ray down takes a moment the user need not wait for.

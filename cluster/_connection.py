@@ -20,9 +20,9 @@ from ray._private.authentication.authentication_token_setup import (
     maybe_enable_token_auth_if_token_available,
 )
 
-from cantata.agents import LogConfig, RuntimeFailure
+from cantata.agents import Identity, LogConfig, RuntimeFailure
 
-__all__ = ["RayConnection", "connect"]
+__all__ = ["RayConnection", "connect", "current_identity"]
 
 NAMESPACE = "cantata"
 LOG_FLUSH_GRACE_S = 0.5
@@ -140,3 +140,9 @@ def _prepare_to_join(address: str) -> None:
     # token is available (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) and the
     # user has not chosen a mode.
     maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
+def current_identity() -> Identity:
+    """The Ray actor (None on a driver) and node this process is; needs a connected Ray."""
+    context = ray.get_runtime_context()
+    return Identity(actor_id=context.get_actor_id(), node_id=context.get_node_id())

@@ -35,6 +35,7 @@ from cantata.agents import (
 )
 from cantata.topologies import DeploymentBudget, RouterSpec, RunResult, TopologySpec, answer
 
+from ._connection import current_identity
 from ._ledger import CostBy, CostLedger, CostReport
 from ._metrics import set_reservation_rate
 from ._observability import Observability
@@ -80,6 +81,7 @@ class DeploymentController:
             update={"deployment": name, "topology": spec.name}
         )
         self.telemetry = self.observability.telemetry("controller")
+        self.where = current_identity()
         self.ledger = CostLedger(name)
         self.guard = SpendingGuard(name, budget or spec.budget, self.ledger, self.telemetry)
         self.sets: dict[str, ReplicaSet] = {
@@ -201,6 +203,7 @@ class DeploymentController:
                 trace_id=trace_id,
                 telemetry=TelemetryGroup([self.telemetry, route]),
                 cost_limit_usd=cost_limit,
+                where=self.where,
             )
         except CantataError as exc:
             spans = [span for span in exc.trace if isinstance(span, Span)]

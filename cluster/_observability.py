@@ -9,12 +9,12 @@ from it: Ray metrics, and span export when an OTLP endpoint is configured.
 
 from __future__ import annotations
 
-import ray
 import structlog
 from pydantic import Field
 
 from cantata.agents import CantataError, Frozen, Telemetry, TelemetryGroup
 
+from ._connection import current_identity
 from ._metrics import RayMetrics
 from ._otel import OtlpConfig, OtlpSpanSink
 
@@ -43,9 +43,8 @@ class Observability(Frozen):
 
         Needs a connected Ray (it reads this process's node and actor ids).
         """
-        context = ray.get_runtime_context()
-        node_id = context.get_node_id()
-        actor_id = context.get_actor_id() if role != "driver" else None
+        where = current_identity()
+        node_id, actor_id = where.node_id, where.actor_id
         sinks: list[Telemetry] = []
         if self.metrics:
             sinks.append(

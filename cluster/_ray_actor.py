@@ -32,9 +32,15 @@ from cantata.agents import (
 )
 from cantata.topologies import ModelHandle
 
+from ._connection import current_identity
 from ._observability import Observability
 
-__all__ = ["ACTOR_CONCURRENCY", "RayModelActor", "RayModelHandle", "ray_hosted"]
+__all__ = [
+    "ACTOR_CONCURRENCY",
+    "RayModelActor",
+    "RayModelHandle",
+    "ray_hosted",
+]
 
 T = TypeVar("T")
 
@@ -66,10 +72,7 @@ def ray_hosted(base: type[ModelActor]) -> type[ModelActor]:
     ) -> None:
         configure_logging(log_config)  # each actor is its own process with its own structlog
         base.__init__(self, spec)
-        context = ray.get_runtime_context()
-        self.__dict__["_ray_identity"] = Identity(
-            actor_id=context.get_actor_id(), node_id=context.get_node_id()
-        )
+        self.__dict__["_ray_identity"] = current_identity()
         self.telemetry = (observability or Observability()).telemetry("model")
 
     def identity(self: ModelActor) -> Identity:

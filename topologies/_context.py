@@ -22,6 +22,7 @@ from cantata.agents import (
     DeadlineExceededError,
     EmbedReply,
     EmbedRequest,
+    Identity,
     JsonSchemaFormat,
     MemberReply,
     ModelReply,
@@ -81,7 +82,8 @@ class RequestContext:
     """One request through a topology. Collects every span; tracks what the budget has left.
 
     ``telemetry`` receives the spans of the steps run here (model actors report their own
-    calls), and the routes and decisions the patterns make.
+    calls), and the routes and decisions the patterns make. ``where`` is the actor and node
+    running the steps, stamped on their spans (empty outside Ray).
     """
 
     handles: dict[str, ModelHandle]
@@ -93,6 +95,7 @@ class RequestContext:
     cost_usd: float = 0.0
     roles: Mapping[type, type] = field(default_factory=dict)
     telemetry: Telemetry = field(default_factory=Telemetry)
+    where: Identity = field(default_factory=Identity)
 
     def role(self, cls: type[R]) -> type[R]:
         """The class to use for role ``cls``: the caller's replacement, or ``cls`` itself."""
@@ -120,6 +123,8 @@ class RequestContext:
                 parent_id=parent_id,
                 trace_id=self.trace_id,
                 agent=agent,
+                actor_id=self.where.actor_id,
+                node_id=self.where.node_id,
                 start=start,
                 end=end,
                 latency_ms=(end - start) * 1000,

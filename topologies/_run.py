@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 
-from cantata.agents import Budget, CantataError, Span, Telemetry, new_id
+from cantata.agents import Budget, CantataError, Identity, Span, Telemetry, new_id
 
 # Each pattern module registers its runner with _dispatch when imported.
 from . import (  # noqa: F401
@@ -37,12 +37,14 @@ async def answer(
     roles: Mapping[type, type] | None = None,
     telemetry: Telemetry | None = None,
     cost_limit_usd: float | None = None,
+    where: Identity | None = None,
 ) -> RunResult:
     """Answer one request with models that are already started.
 
     ``roles`` replaces role agents with subclasses, e.g. ``{Voter: VetoVoter}``. ``telemetry``
     receives this request's steps, routes and decisions. ``cost_limit_usd`` caps what the
-    request may spend (a deployment passes what its budget has left).
+    request may spend (a deployment passes what its budget has left). ``where`` names the actor
+    and node running the steps, for their spans.
 
     A failed request raises its typed error with ``trace`` set to every span it finished,
     so what it did and spent stays on record.
@@ -54,6 +56,7 @@ async def answer(
         deadline=None if spec.timeout_s is None else time.time() + spec.timeout_s,
         budget=Budget(tokens=spec.max_tokens_budget, cost_usd=cost_limit_usd),
         telemetry=telemetry or Telemetry(),
+        where=where or Identity(),
     )
     start = time.time()
     root_id = ""
@@ -103,12 +106,13 @@ async def run_topology(
     trace_id: str | None = None,
     roles: Mapping[type, type] | None = None,
     telemetry: Telemetry | None = None,
+    where: Identity | None = None,
 ) -> RunResult:
     """Start the topology's models on ``runtime``, answer ``text``, and stop them again."""
     handles = await runtime.start_models(spec.models())
     try:
         return await answer(
-            spec, text, handles, trace_id=trace_id, roles=roles, telemetry=telemetry
+            spec, text, handles, trace_id=trace_id, roles=roles, telemetry=telemetry, where=where
         )
     finally:
         await runtime.stop_models(list(handles.values()))

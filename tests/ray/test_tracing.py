@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from cantata.agents import FunctionConfig, ModelRequest, ModelSpec, Resources
-from cantata.cluster import Observability, RayRuntime
+from cantata.cluster import Observability, RayRuntime, current_identity
 from cantata.topologies import ConsensusSpec, Label, ModelClassifier, RouterSpec, run_topology
 from tests.support.otlp_receiver import OtlpReceiver
 
@@ -50,13 +50,17 @@ def test_a_nested_request_arrives_as_one_trace_from_several_processes(ray_cluste
         assert observability.otlp is not None
         driver = observability.telemetry("driver")
         runtime = RayRuntime(observability=observability)
-        result = asyncio.run(run_topology(spec, "charged twice", runtime, telemetry=driver))
+        result = asyncio.run(
+            run_topology(spec, "charged twice", runtime, telemetry=driver, where=current_identity())
+        )
         driver.flush()  # the model actors flushed when the runtime closed them
 
         # OTLP span ids are 64 bits: the first 16 hex digits of Cantata's.
         expected = {span.span_id[:16]: span for span in result.trace}
         spans = receiver.wait_for(lambda got: expected.keys() <= {s.span_id for s in got})
 
+    # Every span says where it ran: the driver's node for role steps, the actor's for models.
+    assert all(span.node_id for span in result.trace)
     received = {span.span_id: span for span in spans if span.span_id in expected}
     assert {span.trace_id for span in received.values()} == {result.trace_id}
     for span_id, span in received.items():
