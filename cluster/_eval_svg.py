@@ -201,12 +201,8 @@ def threshold_chart(
     """Accuracy (solid) and the default route's precision (dashed) against the threshold, with
     vertical markers (label, threshold, colour) for the thresholds worth seeing."""
     left, top, plot_w, plot_h = 56, 30, 640, 220
-    xs = [fit.threshold for fit in curve] + [t for _, t, _ in markers]
-    high = max(xs) * 1.08 if xs and max(xs) > 0 else 1.0
-    # Start the axis near the first threshold that changes anything, unless that is near 0:
-    # raw-score thresholds all sit around 0.8 and would crowd into the right edge.
-    positive = [t for t in xs if t > 0]
-    low = min(positive) * 0.98 if positive and min(positive) > 0.3 * high else 0.0
+    # A router's confidence is a probability (or a model's stated confidence): 0 to 1.
+    low, high = 0.0, 1.0
 
     def x(value: float) -> float:
         return left + plot_w * (min(max(value, low), high) - low) / (high - low)

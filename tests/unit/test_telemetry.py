@@ -144,7 +144,7 @@ async def test_a_call_whose_deadline_passes_in_the_queue_fails_without_running()
     first = asyncio.create_task(actor.complete(ModelRequest.from_prompt("first")))
     await asyncio.sleep(0)
     # The first call holds the only slot until released, so this one's deadline passes in line.
-    late = ModelRequest.from_prompt("late", deadline=time.time() + 0.05)
+    late = ModelRequest.from_prompt("late", deadline=time.time() + 1.0)
     with pytest.raises(DeadlineExceededError, match="waited for a free slot"):
         await actor.complete(late)
     release.set()
