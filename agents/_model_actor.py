@@ -75,6 +75,7 @@ class Health(Frozen):
     node_id: str | None
     healthy: bool
     in_flight: int
+    queued: int = Field(default=0, description="Calls waiting for a concurrency slot.")
     served: int
     failed: int
     rejected: int = Field(
@@ -146,6 +147,7 @@ class ModelActor:
             node_id=where.node_id,
             healthy=self._started and not self._start_error,
             in_flight=self.in_flight,
+            queued=self.queued,
             served=self.served,
             failed=self.failed,
             rejected=self.rejected,

@@ -16,6 +16,7 @@ from pydantic import Field, NonNegativeFloat, PositiveInt, SecretStr, model_vali
 
 from ._messages import Frozen
 from ._resources import Resources
+from ._scaling import Autoscaling
 from .backends import (
     EmbeddingBackend,
     FunctionBackend,
@@ -222,6 +223,11 @@ class ModelSpec(Frozen):
         default=4, description="Calls one replica accepts at once; the rest queue at the actor."
     )
     pricing: Pricing = Field(default_factory=Pricing)
+    autoscaling: Autoscaling | None = Field(
+        default=None,
+        description="Grow and shrink the replicas with measured load (deployments only);"
+        " ``replicas`` is then the starting count.",
+    )
 
     def build_backend(self) -> AnyBackend:
         """The backend, built for this model's reservation."""

@@ -3,19 +3,28 @@
 from ._connection import RayConnection, connect, current_identity
 from ._controller import DeploymentController
 from ._deployment import Deployment, deploy, get_deployment, list_deployments
+from ._hosting import alive_node_totals
 from ._ledger import CostBy, CostLedger, CostReport, CostRow
 from ._metrics import SERIES, RayMetrics
 from ._observability import Observability
 from ._otel import OtlpConfig, OtlpConfigError, OtlpSpanSink, otel_available
-from ._ray_actor import RayModelActor, RayModelHandle, ray_hosted
-from ._ray_runtime import RayRuntime, alive_node_totals
+from ._ray_actor import RayAgentHandle, RayModelActor, RayModelHandle, ray_hosted
+from ._ray_runtime import RayRuntime
 from ._replicas import Replica, ReplicaSet
 from ._reservations import actor_options, check_feasible, placement_bundle
 from ._spending import SpendingGuard
-from ._status import DeploymentStatus, ModelStatus, ReplicaStatus, SpendStatus
+from ._status import (
+    AgentStatus,
+    DeploymentStatus,
+    ModelStatus,
+    ReplicaStatus,
+    ScalingDecision,
+    SpendStatus,
+)
 
 __all__ = [
     "SERIES",
+    "AgentStatus",
     "CostBy",
     "CostLedger",
     "CostReport",
@@ -28,6 +37,7 @@ __all__ = [
     "OtlpConfig",
     "OtlpConfigError",
     "OtlpSpanSink",
+    "RayAgentHandle",
     "RayConnection",
     "RayMetrics",
     "RayModelActor",
@@ -36,6 +46,7 @@ __all__ = [
     "Replica",
     "ReplicaSet",
     "ReplicaStatus",
+    "ScalingDecision",
     "SpendStatus",
     "SpendingGuard",
     "actor_options",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import importlib.metadata
 import sys
 from pathlib import Path
@@ -14,8 +13,8 @@ from typer import rich_utils
 # Typer 0.26+ vendors Click: these, not the `click` package's, are what its parser raises.
 from typer._click.exceptions import ClickException, UsageError
 
-from cantata.agents import LogConfig, configure_logging
-from cantata.topologies import load_topology, run_topology
+from cantata.agents import LogConfig, configure_logging, new_id
+from cantata.topologies import load_code, load_topology
 
 from ._cli_common import (
     AddressOption,
@@ -39,9 +38,9 @@ from ._cli_common import (
 from ._cli_cost import add_cost_command
 from ._cli_deploy import add_deployment_commands
 from ._cli_eval import add_eval_command
-from ._connection import connect, current_identity
+from ._connection import connect
+from ._deployment import deploy
 from ._observability import Observability
-from ._ray_runtime import RayRuntime
 
 __all__ = ["app", "main"]
 
@@ -89,9 +88,11 @@ def run(
     log_format: LogFormatOption = LogFormat.console,
     log_level: LogLevelOption = LogLevel.warning,
 ) -> None:
-    """Start a topology's models, answer one request, and tear everything down.
+    """Start a topology, answer one request, and tear everything down.
 
-    Without --address (or RAY_ADDRESS) this starts an embedded Ray on 127.0.0.1 for the run.
+    The topology runs as a short-lived deployment on the same path as `cantata deploy`: its
+    coordinator, models and hosted agents are actors with their own reservations. Without
+    --address (or RAY_ADDRESS) this starts an embedded Ray on 127.0.0.1 for the run.
     """
     # Before Ray starts: a request that cannot be read is a usage error, not a failed run.
     request = read_request(input_text, input_file)
@@ -99,21 +100,24 @@ def run(
     configure_logging(log_config)
     try:
         spec = load_topology(file)
+        code = load_code(spec, file.parent)
         observability = Observability.from_env(topology=spec.name)
         connection = connect(address, num_cpus=num_cpus, log_config=log_config)
         try:
-            telemetry = observability.telemetry("driver")
-            runtime = RayRuntime(log_config=log_config, observability=observability)
+            deployment = deploy(
+                spec,
+                f"run-{new_id()[:12]}",
+                code=code,
+                log_config=log_config,
+                observability=observability,
+                detached=False,
+            )
             try:
-                result = asyncio.run(
-                    run_topology(
-                        spec, request, runtime, telemetry=telemetry, where=current_identity()
-                    )
-                )
+                result = deployment.call(request)
+                # The answer first: tearing down takes a moment the user need not wait for.
+                print_result(result, json_output, trace=trace)
             finally:
-                telemetry.flush()  # the driver's spans, before Ray and this process go
-            # The answer first: tearing Ray down takes a moment the user need not wait for.
-            print_result(result, json_output, trace=trace)
+                deployment.down()
         finally:
             connection.close()
     except Exception as exc:

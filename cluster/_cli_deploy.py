@@ -9,8 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cantata.agents import LogConfig, RuntimeFailure, configure_logging
-from cantata.topologies import load_topology
+from cantata.agents import LogConfig, Resources, RuntimeFailure, configure_logging
+from cantata.topologies import load_code, load_topology
 
 from ._cli_common import (
     AddressOption,
@@ -25,7 +25,7 @@ from ._cli_common import (
 )
 from ._connection import connect
 from ._deployment import deploy, get_deployment, list_deployments
-from ._status import DeploymentStatus, SpendStatus
+from ._status import DeploymentStatus, ReplicaStatus, SpendStatus
 
 __all__ = ["add_deployment_commands", "join_cluster"]
 
@@ -58,22 +58,52 @@ def _print_status(statuses: list[DeploymentStatus]) -> None:
         console.print("no deployments")
     for status in statuses:
         table = Table(title=f"{status.name} ({status.pattern} '{status.topology}')")
-        for column in ("model", "version", "actor", "node", "healthy", "in flight", "served"):
+        for column in (
+            "actor of",
+            "kind",
+            "actor",
+            "node",
+            "reserved",
+            "healthy",
+            "in flight",
+            "queued",
+            "served",
+        ):
             table.add_column(column)
-        for model in status.models:
-            for replica in model.replicas:
+        rows: list[tuple[str, str, Resources, tuple[ReplicaStatus, ...]]] = [
+            (a.name, a.role, a.resources, a.replicas) for a in status.agents
+        ]
+        rows += [(m.name, f"model {m.version}", m.resources, m.replicas) for m in status.models]
+        for name, kind, resources, replicas in rows:
+            for replica in replicas:
                 table.add_row(
-                    model.name,
-                    model.version,
+                    name,
+                    kind,
                     replica.actor_id[:12],
                     (replica.node_id or "-")[:12],
+                    _reservation(resources),
                     "yes" if replica.healthy else f"no {replica.detail}",
                     str(replica.in_flight),
+                    str(replica.queued),
                     str(replica.served),
                 )
         console.print(table)
+        for decision in status.scaling[-5:]:
+            console.print(
+                f"[dim]autoscaling: {decision.target} {decision.replicas_before} ->"
+                f" {decision.replicas_after} at load {decision.load:g} ({decision.outcome})"
+                f"{' ' + decision.detail if decision.detail else ''}[/]",
+                highlight=False,
+            )
         if status.spend is not None:
             console.print(_spend_line(status.spend), highlight=False)
+
+
+def _reservation(resources: Resources) -> str:
+    parts = [f"{key}={amount:g}" for key, amount in resources.demand().items() if key != "memory"]
+    if resources.memory:
+        parts.append(f"memory={resources.memory / 2**20:g}MiB")
+    return " ".join(parts) or "-"
 
 
 def _spend_line(spend: SpendStatus) -> str:
@@ -136,6 +166,7 @@ def deploy_command(
     """Deploy a topology: reserve every replica at once, start them, keep them running."""
     try:
         spec = load_topology(file)
+        code = load_code(spec, file.parent)
         budget = spec.budget.model_copy(
             update={
                 key: value
@@ -147,7 +178,7 @@ def deploy_command(
             }
         )
         join_cluster(address, {"py_modules": [str(wheel.resolve())]} if wheel else None)
-        deployment = deploy(spec, name, start_timeout_s=start_timeout, budget=budget)
+        deployment = deploy(spec, name, code=code, start_timeout_s=start_timeout, budget=budget)
         status = deployment.status()
     except Exception as exc:
         report_failure(exc, json_output)
@@ -159,7 +190,7 @@ def status_command(
     address: AddressOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Every deployment's models and replicas: node, health, load."""
+    """Every deployment's agent actors and model replicas: node, reservation, health, load."""
     try:
         join_cluster(address)
         names = [name] if name else list_deployments()
@@ -190,12 +221,12 @@ def call_command(
 
 def scale_command(
     name: Annotated[str, typer.Argument(help="The deployment.")],
-    model: Annotated[str, typer.Argument(help="The model to scale.")],
-    replicas: Annotated[int, typer.Argument(help="The model's new number of replicas.", min=1)],
+    model: Annotated[str, typer.Argument(help="The model or hosted agent to scale.")],
+    replicas: Annotated[int, typer.Argument(help="Its new number of replicas.", min=1)],
     address: AddressOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Change one model's replicas; requests in flight finish first."""
+    """Change one model's (or hosted agent's) replicas; requests in flight finish first."""
     try:
         join_cluster(address)
         status = get_deployment(name).scale(model, replicas)

@@ -1,82 +1,59 @@
-"""The deployment controller: one detached actor per deployment that owns its models.
+"""The deployment controller: one actor per deployment that owns its actors and its books.
 
-It reserves the whole deployment at once in a placement group (every replica of every model is
-a bundle), so a cluster that cannot hold it fails the deploy with nothing left behind. It hosts
-the replicas in their bundles, answers requests by running the topology next to them (one hop
-from the caller to the controller, one per model call), balances each model's replicas by load,
-scales a model without dropping requests in flight, and drains before it goes.
+It owns the deployment's :class:`Fleet` (models, hosted nodes' agent actors, coordinators),
+reserved in placement groups through the one hosting path; keeps the cost ledger and the
+spending guard the coordinators report to; runs the autoscaler; and scales and drains on
+request. It answers no requests itself: its coordinators do, so coordination is neither one
+process nor a hop through here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
-import time
 from typing import Any
 
 import ray
 import structlog
-from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from cantata.agents import (
-    CantataError,
-    LogConfig,
-    ModelActor,
-    ModelSpec,
-    Resources,
-    Route,
-    Span,
-    Telemetry,
-    TelemetryGroup,
-    TopologyError,
-    UnschedulableError,
-    configure_logging,
-)
-from cantata.topologies import DeploymentBudget, RouterSpec, RunResult, TopologySpec, answer
+from cantata.agents import LogConfig, Span, configure_logging
+from cantata.topologies import Code, DeploymentBudget, TopologySpec, hosted_nodes
 
+from ._autoscaler import Autoscaler
 from ._connection import current_identity
+from ._fleet import Fleet
 from ._ledger import CostBy, CostLedger, CostReport
 from ._metrics import set_reservation_rate
 from ._observability import Observability
-from ._ray_actor import ACTOR_CONCURRENCY, RayModelHandle, ray_hosted
-from ._ray_runtime import alive_node_totals, close_quietly
-from ._replicas import Replica, ReplicaSet
-from ._reservations import actor_options, check_feasible, placement_bundle
+from ._ray_actor import RayAgentHandle
+from ._replicas import Routing
 from ._spending import SpendingGuard
-from ._status import DeploymentStatus, ModelStatus, ReplicaStatus
+from ._status import DeploymentStatus
 
 __all__ = ["DeploymentController"]
 
-HEALTH_TIMEOUT_S = 5.0
-DRAIN_TIMEOUT_S = 60.0
 WATCH_INTERVAL_S = 30.0
+AUTOSCALE_INTERVAL_S = 0.5
 
 log = structlog.get_logger("cantata.deployment")
 
-_remote_model_actor: Any = ray.remote(ray_hosted(ModelActor))
-
-
-def _bundle(resources: Resources) -> dict[str, float]:
-    # A bundle must reserve something; a model that asks for nothing gets a sliver of CPU.
-    return placement_bundle(resources) or {"CPU": 0.01}
-
 
 class DeploymentController:
-    """Owns one deployment's reservations and replicas, and answers its requests."""
+    """Owns one deployment's reservations, actors, ledger and autoscaling."""
 
     def __init__(
         self,
         name: str,
         spec: TopologySpec,
+        *,
+        code: Code | None = None,
         log_config: LogConfig | None = None,
         observability: Observability | None = None,
         budget: DeploymentBudget | None = None,
+        start_timeout_s: float = 120.0,
     ) -> None:
         configure_logging(log_config)
         self.name = name
         self.spec = spec
-        self.log_config = log_config or LogConfig()
         self.observability = (observability or Observability()).model_copy(
             update={"deployment": name, "topology": spec.name}
         )
@@ -84,145 +61,99 @@ class DeploymentController:
         self.where = current_identity()
         self.ledger = CostLedger(name)
         self.guard = SpendingGuard(name, budget or spec.budget, self.ledger, self.telemetry)
-        self.sets: dict[str, ReplicaSet] = {
-            model.name: ReplicaSet(model) for model in spec.models()
-        }
-        self.groups: dict[int, PlacementGroup] = {}  # replica index -> its placement group
-        self._group_members: dict[str, list[int]] = {}  # group name -> replica indices
-        self._indices = itertools.count()
-        self._changing = asyncio.Lock()  # one scale or drain at a time
-        self._watcher: asyncio.Task[None] | None = None
+        self.fleet = Fleet(
+            name,
+            models=spec.models(),
+            hosted=hosted_nodes(spec),
+            root=spec,
+            code=code or Code(),
+            strategy=spec.placement.strategy,
+            log_config=log_config,
+            observability=self.observability,
+            owner=ray.get_runtime_context().get_actor_name(),
+            budgeted=self.guard.limited,
+        )
+        self.autoscaler = Autoscaler(
+            self.fleet, deployment=name, topology=spec.name, start_timeout_s=start_timeout_s
+        )
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self, timeout_s: float) -> DeploymentStatus:
-        """Reserve everything at once, start every replica, and report."""
-        wanted = {model.name: model.replicas for model in self.spec.models()}
-        await self._add_replicas(wanted, timeout_s)
-        self._watcher = asyncio.create_task(self._watch())
+        """Reserve everything at once, start every actor, and report."""
+        counts = {key: _initial(group) for key, group in self.fleet.groups.items()}
+        await self.fleet.add(counts, timeout_s)
+        self._book_reservations()
+        self._tasks = [
+            asyncio.create_task(self._every(WATCH_INTERVAL_S, self._watch)),
+            asyncio.create_task(self._every(AUTOSCALE_INTERVAL_S, self._autoscale)),
+        ]
         return await self.status()
 
-    def _check_cluster(self, bundles: list[dict[str, float]], models: list[ModelSpec]) -> None:
-        nodes = alive_node_totals()
-        for model in models:
-            check_feasible(model.name, model.resources, nodes)
-        needed: dict[str, float] = {}
-        for bundle in bundles:
-            for key, amount in bundle.items():
-                needed[key] = needed.get(key, 0.0) + amount
-        totals: dict[str, float] = {}
-        for node in nodes:
-            for key, amount in node.items():
-                totals[key] = totals.get(key, 0.0) + amount
-        missing = {k: v for k, v in needed.items() if totals.get(k, 0.0) + 1e-9 < v}
-        if missing:
-            detail = ", ".join(
-                f"{k}: needs {v:g}, cluster has {totals.get(k, 0.0):g}"
-                for k, v in sorted(missing.items())
-            )
-            raise UnschedulableError(
-                f"deployment '{self.name}' needs more than the whole cluster has ({detail})",
-                missing=missing,
-            )
+    # -- what coordinators and agent actors ask -------------------------------------
 
-    async def _add_replicas(self, counts: dict[str, int], timeout_s: float) -> None:
-        """Reserve ``counts`` more replicas per model in one placement group, then start them."""
-        models = [self.sets[name].spec for name, count in counts.items() for _ in range(count)]
-        if not models:
-            return
-        bundles = [_bundle(model.resources) for model in models]
-        self._check_cluster(bundles, models)
-        group_name = f"cantata:{self.name}:{next(self._indices)}"
-        group = placement_group(bundles, strategy=self.spec.placement.strategy, name=group_name)
-        try:
-            await asyncio.wait_for(group.ready(), timeout=timeout_s)
-        except TimeoutError:
-            remove_placement_group(group)
-            raise UnschedulableError(
-                f"deployment '{self.name}' could not reserve {len(bundles)} replica(s) within"
-                f" {timeout_s:g}s with strategy {self.spec.placement.strategy}: the cluster's"
-                " free resources cannot hold them all together"
-            ) from None
-        replicas: list[tuple[str, Replica]] = []
-        for bundle_index, model in enumerate(models):
-            index = next(self._indices)
-            options = actor_options(model.resources)
-            options.pop("accelerator_type", None)  # the bundle already holds that resource
-            actor = _remote_model_actor.options(
-                **options,
-                max_concurrency=ACTOR_CONCURRENCY,
-                max_restarts=-1,  # a replica lost with its node comes back where its bundle goes
-                scheduling_strategy=PlacementGroupSchedulingStrategy(
-                    placement_group=group, placement_group_bundle_index=bundle_index
-                ),
-            ).remote(model, self.log_config, self.observability)
-            replicas.append((model.name, Replica(RayModelHandle(actor, model), index)))
-            self.groups[index] = group
-        self._group_members[group_name] = [replica.index for _, replica in replicas]
-        try:
-            await asyncio.wait_for(
-                asyncio.gather(*(replica.handle.start() for _, replica in replicas)),
-                timeout=timeout_s,
-            )
-        except BaseException:
-            for _, replica in replicas:
-                ray.kill(replica.handle.actor, no_restart=True)
-                self.groups.pop(replica.index, None)
-            del self._group_members[group_name]
-            remove_placement_group(group)
-            raise
-        for name, replica in replicas:
-            self.sets[name].replicas.append(replica)
-            spec = self.sets[name].spec
-            self.ledger.reserve(replica.index, spec.name, spec.version, spec.pricing.per_hour)
-        self._publish_reservations()
+    def routing(self) -> Routing:
+        """Who serves what now (a restarted agent actor asks this)."""
+        return self.fleet.routing()
 
-    def _publish_reservations(self) -> None:
-        rates = self.ledger.reservation_rate()
-        for replica_set in self.sets.values():
-            spec = replica_set.spec
-            set_reservation_rate(
-                deployment=self.name,
-                topology=self.spec.name,
-                model=spec.name,
-                version=spec.version,
-                usd_per_hour=rates.get((spec.name, spec.version), 0.0),
-            )
+    def coordinators(self) -> tuple[list[RayAgentHandle], bool]:
+        """The coordinators' handles, and whether a request may be retried on another."""
+        return self.fleet.coordinators(), self.spec.coordinator.retry
 
-    async def call(self, text: str, trace_id: str | None = None) -> RunResult:
-        """Answer one request with the deployed topology, within the deployment's budget.
+    def admit(self) -> float | None:
+        """What the next request may spend; raises BudgetExceededError when nothing."""
+        return self.guard.admit()
 
-        Every request is entered in the cost ledger, failed ones with the spans they finished;
-        one the budget refuses raises :class:`~cantata.agents.BudgetExceededError` at once.
-        """
-        cost_limit = self.guard.admit()
-        route = _RouteTaken(self.spec)
-        try:
-            result = await answer(
-                self.spec,
-                text,
-                self.sets,
-                trace_id=trace_id,
-                telemetry=TelemetryGroup([self.telemetry, route]),
-                cost_limit_usd=cost_limit,
-                where=self.where,
-            )
-        except CantataError as exc:
-            spans = [span for span in exc.trace if isinstance(span, Span)]
-            self.ledger.record(spans, route=route.key, failed=True)
-            self.guard.check_alert()
-            raise
-        self.ledger.record(result.trace, route=route.key)
+    def record(self, spans: list[Span], route: str | None, failed: bool) -> None:
+        """Enter one request's spans in the ledger (coordinators report every request)."""
+        self.ledger.record([s for s in spans if isinstance(s, Span)], route=route, failed=failed)
         self.guard.check_alert()
-        return result
+
+    # -- books -------------------------------------------------------------------------
+
+    def _book_reservations(self) -> None:
+        held = set()
+        booked = self.ledger.held()
+        for group in self.fleet.groups.values():
+            if group.model is None:
+                continue
+            for replica in group.replicas:
+                held.add(replica.index)
+                if replica.index not in booked:
+                    spec = group.model
+                    self.ledger.reserve(
+                        replica.index, spec.name, spec.version, spec.pricing.per_hour
+                    )
+        for index in booked - held:
+            self.ledger.release(index)
+        rates = self.ledger.reservation_rate()
+        for group in self.fleet.groups.values():
+            if group.model is not None:
+                spec = group.model
+                set_reservation_rate(
+                    deployment=self.name,
+                    topology=self.spec.name,
+                    model=spec.name,
+                    version=spec.version,
+                    usd_per_hour=rates.get((spec.name, spec.version), 0.0),
+                )
+        self.autoscaler.publish()
+
+    async def _every(self, interval_s: float, job: Any) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await job()
+            except Exception:  # the loop must outlive one bad round; the next may work
+                log.exception("deployment housekeeping failed", deployment=self.name)
 
     async def _watch(self) -> None:
         # The alert must fire for a deployment that only idles on costly reservations too,
         # not just when a request or a status read happens to look.
-        while True:
-            await asyncio.sleep(WATCH_INTERVAL_S)
-            try:
-                self.guard.check_alert()
-            except Exception:  # the watch must outlive a bad check; the next one may work
-                log.exception("spend check failed", deployment=self.name)
+        self.guard.check_alert()
+
+    async def _autoscale(self) -> None:
+        await self.autoscaler.tick()
+        self._book_reservations()
 
     def cost(self, since_s: float | None = None, by: CostBy = "model") -> CostReport:
         """What the deployment spent in the last ``since_s`` seconds (default: all kept)."""
@@ -230,99 +161,30 @@ class DeploymentController:
         return self.ledger.report(since=since, by=by)
 
     async def status(self) -> DeploymentStatus:
-        """Every model's replicas: where they are, whether they answer, their load."""
-        models = []
-        for replica_set in self.sets.values():
-            reports = await asyncio.gather(*(self._replica_status(r) for r in replica_set.replicas))
-            spec = replica_set.spec
-            models.append(
-                ModelStatus(
-                    name=spec.name,
-                    version=spec.version,
-                    resources=spec.resources,
-                    replicas=tuple(reports),
-                )
-            )
+        """Every model's and agent actor's replicas, autoscaling decisions, spending."""
+        models, agents = await self.fleet.status()
         return DeploymentStatus(
             name=self.name,
             topology=self.spec.name,
             pattern=self.spec.pattern,
             models=tuple(models),
+            agents=tuple(agents),
+            scaling=tuple(self.autoscaler.decisions),
             spend=self.guard.status(),
         )
 
-    async def _replica_status(self, replica: Replica) -> ReplicaStatus:
-        try:
-            health = await asyncio.wait_for(replica.handle.health(), timeout=HEALTH_TIMEOUT_S)
-        except (CantataError, TimeoutError) as exc:
-            return ReplicaStatus(
-                actor_id=replica.handle.actor_id,
-                node_id=None,
-                healthy=False,
-                in_flight=replica.in_flight,
-                served=replica.served,
-                detail=f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
-            )
-        return ReplicaStatus(
-            actor_id=replica.handle.actor_id,
-            node_id=health.node_id,
-            healthy=health.healthy,
-            in_flight=health.in_flight,
-            served=health.served,
-            detail=health.detail,
-        )
-
-    async def scale(self, model: str, replicas: int, timeout_s: float) -> DeploymentStatus:
-        """Set one model's replica count; requests in flight finish before a replica goes."""
-        if model not in self.sets:
-            raise TopologyError(
-                f"deployment '{self.name}' has no model '{model}' (models: {sorted(self.sets)})"
-            )
-        if replicas < 1:
-            raise TopologyError("a model needs at least one replica; use down to remove all")
-        replica_set = self.sets[model]
-        async with self._changing:
-            current = len(replica_set.replicas)
-            if replicas > current:
-                await self._add_replicas({model: replicas - current}, timeout_s)
-            elif replicas < current:
-                # Newest first, so whole scale-up groups empty out and their reservations go.
-                leaving = sorted(replica_set.replicas, key=lambda r: r.index)[replicas:]
-                await self._retire(replica_set, leaving)
+    async def scale(self, target: str, replicas: int, timeout_s: float) -> DeploymentStatus:
+        """Set the replicas of one model or agent actor; requests in flight are not dropped."""
+        await self.fleet.scale(target, replicas, timeout_s)
+        self._book_reservations()
         return await self.status()
-
-    async def _retire(self, replica_set: ReplicaSet, leaving: list[Replica]) -> None:
-        for replica in leaving:
-            replica.draining = True  # no new requests; the ones in flight finish
-        give_up = time.monotonic() + DRAIN_TIMEOUT_S
-        while any(r.in_flight for r in leaving) and time.monotonic() < give_up:
-            await asyncio.sleep(0.05)
-        await close_quietly([replica.handle for replica in leaving])
-        for replica in leaving:
-            ray.kill(replica.handle.actor, no_restart=True)
-            replica_set.replicas.remove(replica)
-            self.ledger.release(replica.index)
-            self._release(replica.index)
-        self._publish_reservations()
-
-    def _release(self, index: int) -> None:
-        group = self.groups.pop(index, None)
-        if group is None:
-            return
-        for name, members in list(self._group_members.items()):
-            if index in members:
-                members.remove(index)
-                if not members:
-                    del self._group_members[name]
-                    remove_placement_group(group)
 
     async def drain(self) -> None:
         """Stop taking requests, let those in flight finish, then free every reservation."""
-        if self._watcher is not None:
-            self._watcher.cancel()
-        async with self._changing:
-            for replica_set in self.sets.values():
-                await self._retire(replica_set, list(replica_set.replicas))
+        for task in self._tasks:
+            task.cancel()
+        await self.fleet.stop()
+        self._book_reservations()
         self.telemetry.flush()
 
     def ping(self) -> dict[str, Any]:
@@ -330,14 +192,9 @@ class DeploymentController:
         return {"name": self.name, "topology": self.spec.name}
 
 
-class _RouteTaken(Telemetry):
-    """Notes the route a request took at the top-level router, even if the request fails."""
-
-    def __init__(self, spec: TopologySpec) -> None:
-        self.spec = spec
-        self.key: str | None = None
-
-    def routed(self, router: str, route: Route) -> None:
-        # The top-level router decides first; a nested router of the same name comes later.
-        if self.key is None and isinstance(self.spec, RouterSpec) and router == self.spec.name:
-            self.key = self.spec.default if route.defaulted else route.label
+def _initial(group: Any) -> int:
+    if group.kind == "model":
+        return int(group.model.replicas)
+    if group.kind == "coordinator":
+        return int(group.node.coordinator.replicas)
+    return int(group.node.host.replicas)

@@ -1,8 +1,12 @@
 """Deploy a topology to a Ray cluster once and call it many times, from any driver.
 
-A deployment is a detached controller actor named ``deployment:<name>`` in the ``cantata``
-namespace; :class:`Deployment` is a handle to it that any process connected to the cluster can
-get by name. These functions need a connected Ray (:func:`cantata.cluster.connect`).
+A deployment is a controller actor named ``deployment:<name>`` in the ``cantata`` namespace
+(detached, so it outlives the driver that made it; a one-off ``cantata run`` makes a
+short-lived one the same way, as ``serve.run`` does) and the coordinators, agent actors and
+model replicas it owns. :class:`Deployment` is a handle any connected process can get by
+name: it sends each request to the less busy of the coordinators, and to another one when
+its coordinator dies and the topology allows a retry. These functions need a connected Ray
+(:func:`cantata.cluster.connect`).
 """
 
 from __future__ import annotations
@@ -10,75 +14,89 @@ from __future__ import annotations
 from typing import Any
 
 import ray
-import ray.exceptions
 
-from cantata.agents import (
-    ActorDiedError,
-    CantataError,
-    LogConfig,
-    RuntimeFailure,
-    TopologyError,
-)
-from cantata.topologies import DeploymentBudget, RunResult, TopologySpec
+from cantata.agents import ActorDiedError, LogConfig, Resources, TopologyError
+from cantata.topologies import Code, DeploymentBudget, RunResult, TopologySpec
 
+from . import _hosting
 from ._connection import NAMESPACE
 from ._controller import DeploymentController
 from ._ledger import CostBy, CostReport
 from ._observability import Observability
+from ._ray_actor import RayAgentHandle
+from ._replicas import Balanced
 from ._status import DeploymentStatus
 
 __all__ = ["Deployment", "deploy", "get_deployment", "list_deployments"]
 
 _PREFIX = "deployment:"
-_remote_controller: Any = ray.remote(DeploymentController)
-
-
-def _unwrap(ref: Any, what: str, timeout_s: float | None = None) -> Any:
-    """``ray.get`` with Ray's errors turned into Cantata's."""
-    try:
-        return ray.get(ref, timeout=timeout_s)
-    except ray.exceptions.RayTaskError as exc:
-        if isinstance(exc.cause, CantataError):
-            raise exc.cause from None
-        raise RuntimeFailure(f"{what} failed: {type(exc.cause).__name__}: {exc.cause}") from None
-    except ray.exceptions.RayActorError:
-        raise ActorDiedError(f"{what}: the deployment's controller is dead") from None
-    except ray.exceptions.GetTimeoutError:
-        raise RuntimeFailure(f"{what} did not finish within {timeout_s:g}s") from None
 
 
 class Deployment:
     """A handle to a deployed topology; picklable, so it can be passed to other actors."""
 
-    def __init__(self, name: str, actor: Any) -> None:
+    def __init__(self, name: str, controller: Any) -> None:
         self.name = name
-        self.actor = actor
+        self.controller = controller
+        self._coordinators: Balanced[RayAgentHandle] | None = None
+        self._retry = True
 
     def __repr__(self) -> str:
         return f"Deployment({self.name!r})"
 
+    def _what(self, action: str) -> str:
+        return f"{action} '{self.name}'"
+
+    def _balancer(self, refresh: bool = False) -> Balanced[RayAgentHandle]:
+        if self._coordinators is None or refresh:
+            handles, retry = _hosting.get(
+                self.controller.coordinators.remote(), self._what("finding the coordinators of")
+            )
+            self._retry = bool(retry)
+            members = [(index, handle) for index, handle in enumerate(handles)]
+            if self._coordinators is None:
+                self._coordinators = Balanced(f"{self.name} coordinators")
+            self._coordinators.update(members)
+        return self._coordinators
+
     def call(self, text: str, *, timeout_s: float | None = None) -> RunResult:
-        """Answer ``text`` with the deployed topology (blocking)."""
-        result: RunResult = _unwrap(
-            self.actor.call.remote(text), f"call to '{self.name}'", timeout_s
-        )
-        return result
+        """Answer ``text`` with the deployed topology (blocking).
+
+        A request whose coordinator dies goes to another coordinator when the topology's
+        ``coordinator.retry`` allows; otherwise it fails with ActorDiedError.
+        """
+        balancer = self._balancer()
+        tried: set[int] = set()
+        while True:
+            replica = balancer.pick(tried)
+            replica.in_flight += 1
+            try:
+                result: RunResult = _hosting.get(
+                    replica.handle.actor.call.remote(text, None),
+                    self._what("call to"),
+                    timeout_s=timeout_s,
+                    actor_id=replica.handle.actor_id,
+                )
+            except ActorDiedError:
+                tried.add(replica.index)
+                if not self._retry or len(tried) >= len(balancer.active()):
+                    raise
+                continue
+            finally:
+                replica.in_flight -= 1
+            replica.served += 1
+            return result
 
     async def acall(self, text: str) -> RunResult:
         """Answer ``text`` with the deployed topology (from async code)."""
-        try:
-            result: RunResult = await self.actor.call.remote(text)
-        except ray.exceptions.RayTaskError as exc:
-            if isinstance(exc.cause, CantataError):
-                raise exc.cause from None
-            raise RuntimeFailure(f"call to '{self.name}' failed: {exc.cause}") from None
-        except ray.exceptions.RayActorError:
-            raise ActorDiedError(f"the controller of '{self.name}' is dead") from None
-        return result
+        balancer = self._balancer()
+        return await balancer.balanced(lambda handle: handle.call(text), retry=self._retry)
 
     def status(self) -> DeploymentStatus:
-        """Every model's replicas, where they run, their health and load."""
-        status: DeploymentStatus = _unwrap(self.actor.status.remote(), f"status of '{self.name}'")
+        """Every model's and agent actor's replicas, where they run, their health and load."""
+        status: DeploymentStatus = _hosting.get(
+            self.controller.status.remote(), self._what("status of")
+        )
         return status
 
     def cost(self, *, since_s: float | None = None, by: CostBy = "model") -> CostReport:
@@ -87,35 +105,43 @@ class Deployment:
         Token cost comes from the model calls' pricing, reservation cost from each replica's
         ``pricing.per_hour`` for the time it was held; the rows add up to ``total``.
         """
-        report: CostReport = _unwrap(self.actor.cost.remote(since_s, by), f"cost of '{self.name}'")
+        report: CostReport = _hosting.get(
+            self.controller.cost.remote(since_s, by), self._what("cost of")
+        )
         return report
 
-    def scale(self, model: str, replicas: int, *, timeout_s: float = 120.0) -> DeploymentStatus:
-        """Change one model's replicas; requests in flight are not dropped."""
-        status: DeploymentStatus = _unwrap(
-            self.actor.scale.remote(model, replicas, timeout_s), f"scaling '{self.name}'"
+    def scale(self, target: str, replicas: int, *, timeout_s: float = 120.0) -> DeploymentStatus:
+        """Change the replicas of one model or agent actor; requests in flight are not dropped."""
+        status: DeploymentStatus = _hosting.get(
+            self.controller.scale.remote(target, replicas, timeout_s), self._what("scaling")
         )
+        self._coordinators = None  # the coordinators may have changed
         return status
 
     def down(self) -> None:
         """Drain the deployment, free its reservations and remove it."""
-        _unwrap(self.actor.drain.remote(), f"draining '{self.name}'")
-        ray.kill(self.actor, no_restart=True)
+        _hosting.get(self.controller.drain.remote(), self._what("draining"))
+        _hosting.kill(self.controller)
 
 
 def deploy(
     spec: TopologySpec,
     name: str,
     *,
+    code: Code | None = None,
     start_timeout_s: float = 120.0,
     log_config: LogConfig | None = None,
     budget: DeploymentBudget | None = None,
     observability: Observability | None = None,
+    detached: bool = True,
 ) -> Deployment:
-    """Deploy ``spec`` as ``name``: reserve it whole, start every replica, return a handle.
+    """Deploy ``spec`` as ``name``: reserve it whole, start every actor, return a handle.
 
-    ``budget`` overrides the topology's own ``budget`` block. ``observability`` defaults to
-    Ray metrics plus span export when this process's environment configures an OTLP endpoint.
+    ``code`` supplies the custom model-actor classes, role replacements and agents the topology
+    names (see :func:`cantata.topologies.load_code`); they are shipped to the cluster with it.
+    ``budget`` overrides the topology's own ``budget`` block. ``observability`` defaults to Ray
+    metrics plus span export when this process's environment configures an OTLP endpoint.
+    ``detached=False`` makes a deployment that dies with this driver (a one-off run).
 
     Fails with :class:`~cantata.agents.UnschedulableError` when the cluster cannot hold the
     deployment (at once when no node could, after ``start_timeout_s`` when the free resources
@@ -124,29 +150,37 @@ def deploy(
     """
     if name in list_deployments():
         raise TopologyError(f"a deployment named '{name}' already exists; down it first")
-    options: dict[str, Any] = {
-        "name": _PREFIX + name,
-        "namespace": NAMESPACE,
-        "lifetime": "detached",
-        "num_cpus": 0,
-        # On the head node: a controller on a worker would die with that worker, and every
-        # replica with it. Ray gives the head this resource; a sliver of it pins us there.
-        "resources": {"node:__internal_head__": 0.001},
-        "max_concurrency": 1000,
-        "max_restarts": 0,
-    }
+    code = code or Code()
+    _hosting.ship_code(code.modules())
     observability = observability or Observability.from_env(topology=spec.name, deployment=name)
-    controller = _remote_controller.options(**options).remote(
-        name, spec, log_config, observability, budget
+    # On the head node, and not restarted: a controller on a worker would die with that
+    # worker, and a restarted one would have lost the books of every actor it owned.
+    controller = _hosting.create_actor(
+        DeploymentController,
+        name,
+        spec,
+        init={
+            "code": code,
+            "log_config": log_config,
+            "observability": observability,
+            "budget": budget,
+            "start_timeout_s": start_timeout_s,
+        },
+        resources=Resources(num_cpus=0),
+        name=_PREFIX + name,
+        namespace=NAMESPACE,
+        detached=detached,
+        on_head=True,
+        restarts=False,
     )
     try:
-        _unwrap(
+        _hosting.get(
             controller.start.remote(start_timeout_s),
             f"deploying '{name}'",
             timeout_s=start_timeout_s * 2 + 60,
         )
     except BaseException:
-        ray.kill(controller, no_restart=True)
+        _hosting.kill(controller)
         raise
     return Deployment(name, controller)
 

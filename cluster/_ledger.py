@@ -168,6 +168,10 @@ class CostLedger:
         if reservation is not None and reservation.end is None:
             reservation.end = self.clock()
 
+    def held(self) -> set[int]:
+        """The replicas whose reservations are held now."""
+        return {index for index, r in self._reservations.items() if r.end is None}
+
     def token_spend(self, since: float) -> float:
         """Token cost of the requests recorded since ``since`` (whole minutes)."""
         first = self._bucket(since)

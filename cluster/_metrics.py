@@ -24,7 +24,13 @@ from ray.util import metrics
 
 from cantata.agents import Decision, RefusalReason, Route, Span, Telemetry
 
-__all__ = ["SERIES", "RayMetrics", "set_reservation_rate"]
+__all__ = [
+    "SERIES",
+    "RayMetrics",
+    "record_scaling_decision",
+    "set_replica_count",
+    "set_reservation_rate",
+]
 
 LATENCY_BOUNDARIES_S = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
@@ -84,6 +90,16 @@ _DEFINITIONS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "histogram",
         "The winning answer's share of the votes in a decision.",
         ("deployment", "topology", "decider", "pattern"),
+    ),
+    "cantata_replicas": (
+        "gauge",
+        "Replicas of a deployed model (kind=model) or agent actor (agent, coordinator).",
+        ("deployment", "topology", "target", "kind"),
+    ),
+    "cantata_autoscaling_decisions": (
+        "counter",
+        "Autoscaling decisions; outcome=refused when the new replicas could not be reserved.",
+        ("deployment", "topology", "target", "kind", "direction", "outcome"),
     ),
 }
 
@@ -257,4 +273,37 @@ def set_reservation_rate(
             ("model", model),
             ("version", version),
         ),
+    )
+
+
+def set_replica_count(
+    *, deployment: str, topology: str, target: str, kind: str, count: int
+) -> None:
+    """Publish how many replicas a deployed model or agent actor has."""
+    _gauges.set(
+        "cantata_replicas",
+        float(count),
+        (
+            ("deployment", _label(deployment)),
+            ("topology", _label(topology)),
+            ("target", target),
+            ("kind", kind),
+        ),
+    )
+
+
+def record_scaling_decision(
+    *, deployment: str, topology: str, target: str, kind: str, direction: str, outcome: str
+) -> None:
+    """Count one autoscaling decision."""
+    _metric("cantata_autoscaling_decisions").inc(
+        1.0,
+        tags={
+            "deployment": _label(deployment),
+            "topology": _label(topology),
+            "target": target,
+            "kind": kind,
+            "direction": direction,
+            "outcome": outcome,
+        },
     )

@@ -39,7 +39,8 @@ class Observability(Frozen):
         return cls(deployment=deployment, topology=topology, otlp=OtlpConfig.from_env())
 
     def telemetry(self, role: str) -> Telemetry:
-        """This process's telemetry: ``role`` is ``driver``, ``controller`` or ``model``.
+        """This process's telemetry: ``role`` is ``driver``, ``controller``, ``coordinator``,
+        ``agent`` or ``model``.
 
         Needs a connected Ray (it reads this process's node and actor ids).
         """

@@ -1,23 +1,16 @@
-"""The model actor as a Ray actor, and the handle that calls it.
+"""Model actors and agent actors as Ray hosts them, and the handles that call them.
 
 :func:`ray_hosted` adds to a model actor class only what Ray knows (its actor and node ids) and
 per-process logging; it works for :class:`~cantata.agents.ModelActor` and for user subclasses.
-:class:`RayModelHandle` is where Ray's exceptions become Cantata's: the error an actor raised is
-re-raised as itself, a dead actor becomes :class:`~cantata.agents.ActorDiedError`.
+:class:`RayModelHandle` and :class:`RayAgentHandle` call actors through
+:mod:`cantata.cluster._hosting`, where Ray's exceptions become Cantata's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
-from typing import Any, TypeVar
-
-import ray
-import ray.exceptions
+from typing import Any
 
 from cantata.agents import (
-    ActorDiedError,
-    BackendError,
-    CantataError,
     EmbedReply,
     EmbedRequest,
     Health,
@@ -27,31 +20,22 @@ from cantata.agents import (
     ModelReply,
     ModelRequest,
     ModelSpec,
-    RuntimeFailure,
+    Task,
     configure_logging,
 )
-from cantata.topologies import ModelHandle
+from cantata.topologies import ModelHandle, RunResult
 
+from . import _hosting
 from ._connection import current_identity
 from ._observability import Observability
+from ._status import ReplicaStatus
 
 __all__ = [
-    "ACTOR_CONCURRENCY",
+    "RayAgentHandle",
     "RayModelActor",
     "RayModelHandle",
     "ray_hosted",
 ]
-
-T = TypeVar("T")
-
-ACTOR_CONCURRENCY = 1000
-"""Ray's concurrency limit for a model actor (Ray's own default for async actors).
-
-The model's ``max_concurrency`` is enforced inside the actor instead, where calls waiting
-for a slot can be counted and their deadlines kept, and health checks never queue behind them.
-"""
-
-
 _HOSTED: dict[type[ModelActor], type[ModelActor]] = {}
 
 
@@ -97,6 +81,10 @@ RayModelActor = ray_hosted(ModelActor)
 """The default model actor as Ray hosts it."""
 
 
+def _actor_id(actor: Any) -> str:
+    return str(actor._actor_id.hex())
+
+
 class RayModelHandle(ModelHandle):
     """Calls one :class:`RayModelActor`; picklable, so it can be passed to other actors."""
 
@@ -107,44 +95,71 @@ class RayModelHandle(ModelHandle):
     @property
     def actor_id(self) -> str:
         """The Ray actor id (hex)."""
-        return str(self.actor._actor_id.hex())
+        return _actor_id(self.actor)
 
-    async def _call(self, ref: Awaitable[T]) -> T:
-        try:
-            return await ref
-        except ray.exceptions.RayTaskError as exc:
-            cause = exc.cause
-            if isinstance(cause, CantataError):
-                raise cause from None
-            raise BackendError(
-                f"{self.spec.name}: actor raised {type(cause).__name__}: {cause}",
-                model=self.spec.name,
-            ) from None
-        except ray.exceptions.RayActorError as exc:
-            raise ActorDiedError(
-                f"the actor serving '{self.spec.name}' is dead or unreachable"
-                f" ({type(exc).__name__})",
-                actor_id=self.actor_id,
-            ) from None
-        except ray.exceptions.RayError as exc:
-            # Lost objects, a dead owner and the like: the call's result cannot be had.
-            raise RuntimeFailure(
-                f"the call to '{self.spec.name}' failed in Ray ({type(exc).__name__})"
-            ) from None
+    async def _call(self, ref: Any) -> Any:
+        return await _hosting.call(
+            ref, f"the call to '{self.spec.name}'", model=self.spec.name, actor_id=self.actor_id
+        )
 
     async def complete(self, request: ModelRequest) -> ModelReply:
-        return await self._call(self.actor.complete.remote(request))
+        reply: ModelReply = await self._call(self.actor.complete.remote(request))
+        return reply
 
     async def embed(self, request: EmbedRequest) -> EmbedReply:
-        return await self._call(self.actor.embed.remote(request))
+        reply: EmbedReply = await self._call(self.actor.embed.remote(request))
+        return reply
 
     async def health(self) -> Health:
-        return await self._call(self.actor.health.remote())
+        health: Health = await self._call(self.actor.health.remote())
+        return health
 
     async def start(self) -> Health:
         """Load the model in the actor; resolves once the actor is scheduled and ready."""
-        return await self._call(self.actor.start.remote())
+        health: Health = await self._call(self.actor.start.remote())
+        return health
 
     async def close(self) -> None:
         """Release the model and flush the actor's telemetry (before the actor is killed)."""
         await self._call(self.actor.close.remote())
+
+
+class RayAgentHandle:
+    """Calls one agent actor (a hosted node or a coordinator); picklable."""
+
+    def __init__(self, actor: Any, name: str) -> None:
+        self.actor = actor
+        self.name = name
+
+    @property
+    def actor_id(self) -> str:
+        """The Ray actor id (hex)."""
+        return _actor_id(self.actor)
+
+    async def _call(self, ref: Any, what: str) -> Any:
+        return await _hosting.call(ref, f"{what} '{self.name}'", actor_id=self.actor_id)
+
+    async def run(self, task: Task) -> RunResult:
+        """Run the hosted node on ``task`` (its trace, deadline and budget continue there)."""
+        result: RunResult = await self._call(self.actor.run.remote(task), "the agent actor of")
+        return result
+
+    async def call(self, text: str, trace_id: str | None = None) -> RunResult:
+        """Answer a request as the deployment's coordinator."""
+        result: RunResult = await self._call(
+            self.actor.call.remote(text, trace_id), "the coordinator of"
+        )
+        return result
+
+    async def status(self) -> ReplicaStatus:
+        """Where the actor runs and its load; never queues behind its requests."""
+        status: ReplicaStatus = await self._call(self.actor.status.remote(), "the status of")
+        return status
+
+    async def start(self) -> ReplicaStatus:
+        """Resolves once the actor is scheduled and ready."""
+        return await self.status()
+
+    async def close(self) -> None:
+        """Flush the actor's telemetry before it is killed."""
+        await self._call(self.actor.close.remote(), "closing")

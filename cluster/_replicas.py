@@ -1,18 +1,20 @@
-"""A model's replicas behind one handle, balanced by load.
+"""Replicas behind one handle, balanced by load: a model's replicas, or an agent actor's.
 
-Each request goes to the less busy of two replicas picked at random (the "power of two choices"):
-nearly as good as asking every replica, and it needs no shared state beyond this process's own
-count of requests in flight per replica. A replica whose actor is dead or restarting is skipped
-and the request is retried once on another, so a lost replica does not lose a request that
-another can serve.
+Each request goes to the less busy of two replicas picked at random (the "power of two
+choices"): nearly as good as asking every replica, and it needs no shared state beyond this
+process's own count of requests in flight per replica. Between equally busy replicas the one
+that has served fewer requests from here wins, so sequential traffic rotates over every
+replica instead of landing where chance puts it. A replica whose actor is dead or restarting
+is skipped and the request is retried once on another, so a lost replica does not lose a
+request that another can serve.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable, Collection
-from dataclasses import dataclass
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from cantata.agents import (
     ActorDiedError,
@@ -22,49 +24,59 @@ from cantata.agents import (
     ModelReply,
     ModelRequest,
     ModelSpec,
+    Task,
 )
-from cantata.topologies import ModelHandle
+from cantata.topologies import AgentHandle, ModelHandle, RunResult
 
-from ._ray_actor import RayModelHandle
+from ._ray_actor import RayAgentHandle, RayModelHandle
 
-__all__ = ["Replica", "ReplicaSet"]
+__all__ = ["AgentReplicaSet", "Balanced", "Replica", "ReplicaSet", "Routing"]
 
 T = TypeVar("T")
+H = TypeVar("H")
 
 
 @dataclass
-class Replica:
+class Replica(Generic[H]):
     """One replica, with what this process knows of its load."""
 
-    handle: RayModelHandle
+    handle: H
     index: int
     in_flight: int = 0
     served: int = 0
     draining: bool = False
 
 
-class ReplicaSet(ModelHandle):
-    """Calls one of a model's replicas: the less loaded of two random choices."""
+class Balanced(Generic[H]):
+    """Calls one of a set of replicas: the less loaded of two random choices."""
 
-    def __init__(self, spec: ModelSpec, replicas: list[Replica] | None = None) -> None:
-        self.spec = spec
-        self.replicas: list[Replica] = list(replicas or [])
+    what: str
 
-    def active(self) -> list[Replica]:
+    def __init__(self, what: str, replicas: list[Replica[H]] | None = None) -> None:
+        self.what = what
+        self.replicas: list[Replica[H]] = list(replicas or [])
+
+    def active(self) -> list[Replica[H]]:
         """Replicas that take new requests."""
         return [replica for replica in self.replicas if not replica.draining]
 
-    def pick(self, exclude: Collection[int] = ()) -> Replica:
+    def pick(self, exclude: Collection[int] = ()) -> Replica[H]:
         """The replica for the next request."""
         candidates = [r for r in self.active() if r.index not in exclude]
         if not candidates:
-            raise ActorDiedError(f"no live replica of '{self.spec.name}' can take the request")
+            raise ActorDiedError(f"no live replica of '{self.what}' can take the request")
         if len(candidates) == 1:
             return candidates[0]
-        first, second = random.sample(candidates, 2)
-        return first if first.in_flight <= second.in_flight else second
+        pair = random.sample(candidates, 2)
+        return min(pair, key=lambda r: (r.in_flight, r.served, r.index))
 
-    async def _balanced(self, call: Callable[[RayModelHandle], Awaitable[T]]) -> T:
+    def update(self, members: Sequence[tuple[int, H]]) -> None:
+        """Take a new membership (after a scale), keeping what is known of the replicas kept."""
+        known = {replica.index: replica for replica in self.replicas}
+        self.replicas = [known.get(index) or Replica(handle, index) for index, handle in members]
+
+    async def balanced(self, call: Callable[[H], Awaitable[T]], *, retry: bool = True) -> T:
+        """Run ``call`` on a replica; on a dead replica, once more on another if ``retry``."""
         tried: set[int] = set()
         while True:
             replica = self.pick(tried)
@@ -75,7 +87,7 @@ class ReplicaSet(ModelHandle):
                 # Dead or restarting. Another replica gets one more try; never more, so a
                 # request that kills its replica cannot take the whole set down with it.
                 tried.add(replica.index)
-                if len(tried) > 1:
+                if not retry or len(tried) > 1 or len(self.active()) < 2:
                     raise
                 continue
             finally:
@@ -83,12 +95,66 @@ class ReplicaSet(ModelHandle):
             replica.served += 1
             return result
 
+
+class ReplicaSet(Balanced[RayModelHandle], ModelHandle):
+    """A model's replicas behind one model handle."""
+
+    def __init__(
+        self, spec: ModelSpec, replicas: list[Replica[RayModelHandle]] | None = None
+    ) -> None:
+        super().__init__(spec.name, replicas)
+        self.spec = spec
+
     async def complete(self, request: ModelRequest) -> ModelReply:
-        return await self._balanced(lambda handle: handle.complete(request))
+        return await self.balanced(lambda handle: handle.complete(request))
 
     async def embed(self, request: EmbedRequest) -> EmbedReply:
-        return await self._balanced(lambda handle: handle.embed(request))
+        return await self.balanced(lambda handle: handle.embed(request))
 
     async def health(self) -> Health:
         """The first active replica's health (see the deployment's status for all of them)."""
         return await self.pick().handle.health()
+
+
+class AgentReplicaSet(Balanced[RayAgentHandle], AgentHandle):
+    """A hosted node's agent actors behind one agent handle."""
+
+    def __init__(self, name: str, replicas: list[Replica[RayAgentHandle]] | None = None) -> None:
+        super().__init__(name, replicas)
+        self.name = name
+
+    async def run(self, task: Task) -> RunResult:
+        return await self.balanced(lambda handle: handle.run(task))
+
+
+@dataclass
+class Routing:
+    """Who serves what: every model's and hosted node's replicas, as agent actors need it.
+
+    Picklable: the owner of a topology's actors sends it to each agent actor whenever the
+    replicas change.
+    """
+
+    specs: dict[str, ModelSpec] = field(default_factory=dict)
+    models: dict[str, list[tuple[int, RayModelHandle]]] = field(default_factory=dict)
+    agents: dict[str, list[tuple[int, RayAgentHandle]]] = field(default_factory=dict)
+
+    def model_sets(self, current: dict[str, ReplicaSet] | None = None) -> dict[str, ReplicaSet]:
+        """Replica sets for every model, updating ``current`` ones in place."""
+        sets = dict(current or {})
+        for name, members in self.models.items():
+            if name not in sets:
+                sets[name] = ReplicaSet(self.specs[name])
+            sets[name].update(members)
+        return sets
+
+    def agent_sets(
+        self, current: dict[str, AgentReplicaSet] | None = None
+    ) -> dict[str, AgentReplicaSet]:
+        """Replica sets for every hosted node, updating ``current`` ones in place."""
+        sets = dict(current or {})
+        for name, members in self.agents.items():
+            if name not in sets:
+                sets[name] = AgentReplicaSet(name)
+            sets[name].update(members)
+        return sets

@@ -40,6 +40,11 @@ class SpendingGuard:
         self._alerting = False
         self._last_warning = float("-inf")
 
+    @property
+    def limited(self) -> bool:
+        """True when the budget caps spending (requests must be admitted one by one)."""
+        return self.budget.usd_per_hour is not None
+
     def admit(self) -> float | None:
         """The cost limit of the next request (None: unlimited), or BudgetExceededError."""
         limit = self.budget.usd_per_hour

@@ -2,29 +2,72 @@
 
 from __future__ import annotations
 
-from cantata.agents import Frozen, Resources
+from typing import Literal
 
-__all__ = ["DeploymentStatus", "ModelStatus", "ReplicaStatus", "SpendStatus"]
+from cantata.agents import Autoscaling, Frozen, Resources
+
+__all__ = [
+    "AgentStatus",
+    "DeploymentStatus",
+    "ModelStatus",
+    "ReplicaStatus",
+    "ScalingDecision",
+    "SpendStatus",
+]
 
 
 class ReplicaStatus(Frozen):
-    """One replica: where it runs, whether it answers, and its load."""
+    """One replica (of a model, or an agent actor): where it runs, whether it answers, its load.
+
+    ``in_flight`` and ``queued`` are counted by the replica itself: calls running, and calls
+    waiting for one of its concurrency slots.
+    """
 
     actor_id: str
     node_id: str | None
+    pid: int | None = None
     healthy: bool
     in_flight: int
+    queued: int = 0
     served: int
     detail: str = ""
 
 
 class ModelStatus(Frozen):
-    """One model of a deployment and its replicas."""
+    """One model of a deployment, its reservation per replica, and its replicas."""
 
     name: str
     version: str
     resources: Resources
     replicas: tuple[ReplicaStatus, ...]
+    autoscaling: Autoscaling | None = None
+
+
+class AgentStatus(Frozen):
+    """An agent actor's replicas: the deployment's coordinators, or a hosted node's actors."""
+
+    name: str
+    role: Literal["coordinator", "agent"]
+    resources: Resources
+    replicas: tuple[ReplicaStatus, ...]
+    autoscaling: Autoscaling | None = None
+
+
+class ScalingDecision(Frozen):
+    """One autoscaling decision: what was measured, what was wanted, and what happened.
+
+    ``outcome`` is ``scaled`` when the replicas changed, ``refused`` when the new replicas
+    could not be reserved (``detail`` says why).
+    """
+
+    at: float
+    target: str
+    kind: Literal["model", "agent", "coordinator"]
+    load: float
+    replicas_before: int
+    replicas_after: int
+    outcome: Literal["scaled", "refused"]
+    detail: str = ""
 
 
 class SpendStatus(Frozen):
@@ -48,10 +91,13 @@ class SpendStatus(Frozen):
 
 
 class DeploymentStatus(Frozen):
-    """One deployment: its name, its topology, every model's replicas, and its spending."""
+    """One deployment: its topology, every model's and agent actor's replicas, the latest
+    autoscaling decisions (newest last), and its spending."""
 
     name: str
     topology: str
     pattern: str
     models: tuple[ModelStatus, ...]
+    agents: tuple[AgentStatus, ...] = ()
+    scaling: tuple[ScalingDecision, ...] = ()
     spend: SpendStatus | None = None

@@ -1,6 +1,6 @@
 """Write a role agent: a voter where any one member can veto.
 
-Role agents (Voter, Judge, Planner, Supervisor, EmbeddingRouter, ModelRouter) are plain classes.
+Role agents (Voter, Judge, Planner, Supervisor, EmbeddingRouter, ModelRouter) are typed agents.
 Subclass one and hand the subclass to ``run_topology(..., roles={Voter: YourVoter})``; every
 pattern that votes (vote, consensus, weighted_ensemble) then uses it.
 

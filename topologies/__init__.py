@@ -3,11 +3,17 @@
 Topologies reach models only through the :class:`Runtime` interface, so the same spec runs
 in-process (:class:`InProcessRuntime`) or on Ray (``cantata.cluster.RayRuntime``). Role agents
 (:class:`EmbeddingRouter`, :class:`ModelRouter`, :class:`Planner`, :class:`Supervisor`,
-:class:`Voter`, :class:`Judge`) are plain classes with documented methods to subclass.
+:class:`Voter`, :class:`Judge`) are :class:`~cantata.agents.Agent` subclasses: a pattern sends
+one a typed request (``TallyRequest``, ``PlanRequest``, ...) and gets a typed reply, and its
+handlers call documented methods (``Voter.decide``, ``Planner.plan``, ...) for subclasses to
+override.
 :func:`run_evaluation` and :func:`build_report` grade a topology on a labelled dataset
 (``cantata eval``).
 """
 
+from ._agent_node import MemberContext
+from ._code import Code
+from ._code_loading import import_object, load_code, role_classes
 from ._context import RequestContext
 from ._dispatch import PatternRunner, register, run_pattern
 from ._eval_compare import Comparison, Delta, GateResult, Gates, check_gates, compare, load_gates
@@ -48,14 +54,24 @@ from ._planner import Planner
 from ._prompt import PromptTemplate
 from ._result import RunResult
 from ._router import EmbeddingRouter, ModelRouter
-from ._run import answer, run_topology
-from ._runtime import InProcessRuntime, LocalModelHandle, ModelHandle, Runtime
+from ._run import answer, answer_task, run_topology
+from ._runtime import (
+    AgentHandle,
+    InProcessRuntime,
+    LocalModelHandle,
+    ModelHandle,
+    Runtime,
+    Started,
+)
 from ._spec import (
+    AgentSpec,
     ConsensusSpec,
+    Coordinator,
     DeploymentBudget,
     EmbeddingClassifier,
     FanoutSpec,
     Grouping,
+    ImportPath,
     JudgeSpec,
     Label,
     Member,
@@ -73,6 +89,7 @@ from ._spec import (
     WeightedEnsembleSpec,
     WeightedMember,
     WorkerRole,
+    hosted_nodes,
     load_topology,
     member_name,
     parse_topology,
@@ -84,12 +101,16 @@ from ._weighted import Judge
 __all__ = [
     "DEFAULT_CONCURRENCY",
     "DEFAULT_SIMILARITY_THRESHOLD",
+    "AgentHandle",
+    "AgentSpec",
     "AnswerGroup",
     "AnswerReport",
     "CaseResult",
+    "Code",
     "Comparison",
     "ConfusionMatrix",
     "ConsensusSpec",
+    "Coordinator",
     "CostReport",
     "Dataset",
     "DatasetError",
@@ -105,6 +126,7 @@ __all__ = [
     "GateResult",
     "Gates",
     "Grouping",
+    "ImportPath",
     "InProcessRuntime",
     "Judge",
     "JudgeSpec",
@@ -112,6 +134,7 @@ __all__ = [
     "LatencyStats",
     "LocalModelHandle",
     "Member",
+    "MemberContext",
     "Mistake",
     "ModelCall",
     "ModelClassifier",
@@ -133,6 +156,7 @@ __all__ = [
     "Runtime",
     "SingleSpec",
     "Stage",
+    "Started",
     "Supervisor",
     "SupervisorWorkerSpec",
     "ThresholdFit",
@@ -143,6 +167,7 @@ __all__ = [
     "WeightedMember",
     "WorkerRole",
     "answer",
+    "answer_task",
     "build_report",
     "check_dataset",
     "check_gates",
@@ -153,6 +178,9 @@ __all__ = [
     "fit_default_precision",
     "fit_threshold",
     "group_answers",
+    "hosted_nodes",
+    "import_object",
+    "load_code",
     "load_dataset",
     "load_gates",
     "load_topology",
@@ -163,6 +191,7 @@ __all__ = [
     "percentile",
     "plan_schema",
     "register",
+    "role_classes",
     "run_evaluation",
     "run_pattern",
     "run_topology",

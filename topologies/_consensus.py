@@ -8,7 +8,7 @@ from ._fanout import ask_members
 from ._grouping import group_answers
 from ._outcome import Outcome
 from ._spec import ConsensusSpec
-from ._vote import Voter, ballots_from
+from ._vote import ballots_from, tally
 
 __all__ = ["run_consensus"]
 
@@ -26,7 +26,7 @@ async def run_consensus(
     ballots = ballots_from(replies)
     with ctx.step("consensus", parent_id) as step_id:
         groups = await group_answers([b.answer for b in ballots], spec.grouping, ctx, step_id)
-        decision = ctx.role(Voter)().decide(ballots, groups)
+        decision = await tally(ballots, groups, ctx, step_id)
         share = decision.tally.get(decision.winner, 0.0) / len(replies)
         decision = decision.model_copy(update={"agreement": share})
         if share >= spec.threshold:

@@ -30,17 +30,23 @@ from cantata.agents import (
     ModelSpec,
     QuorumNotReachedError,
     Span,
+    StructuredOutputError,
+    Task,
     Telemetry,
     TopologyError,
     Usage,
     bound,
+    choice_output,
+    choice_type,
     new_id,
+    parse_output,
 )
 
+from ._code import Code
 from ._dispatch import run_pattern
 from ._outcome import Outcome
 from ._prompt import PromptTemplate
-from ._runtime import ModelHandle
+from ._runtime import AgentHandle, ModelHandle
 
 __all__ = ["RequestContext", "choice_format", "gather_all"]
 
@@ -65,16 +71,12 @@ async def gather_all(calls: Iterable[Awaitable[T]]) -> list[T]:
 
 
 def choice_format(choices: Sequence[str]) -> JsonSchemaFormat:
-    """The structured output that makes a model pick one of ``choices``."""
-    return JsonSchemaFormat(
-        name="choice",
-        json_schema={
-            "type": "object",
-            "properties": {"choice": {"type": "string", "enum": list(choices)}},
-            "required": ["choice"],
-            "additionalProperties": False,
-        },
-    )
+    """The structured output that makes a model pick one of ``choices``.
+
+    Derived from :class:`~cantata.agents.Choice` narrowed to ``choices``, so the schema and the
+    type the answer is read with are one definition.
+    """
+    return choice_output(choices)
 
 
 @dataclass
@@ -83,10 +85,14 @@ class RequestContext:
 
     ``telemetry`` receives the spans of the steps run here (model actors report their own
     calls), and the routes and decisions the patterns make. ``where`` is the actor and node
-    running the steps, stamped on their spans (empty outside Ray).
+    running the steps, stamped on their spans (empty outside Ray). ``agents`` reach the nested
+    topologies hosted as actors of their own; ``code`` holds the user classes the topology
+    names.
     """
 
     handles: dict[str, ModelHandle]
+    agents: dict[str, AgentHandle] = field(default_factory=dict)
+    code: Code = field(default_factory=Code)
     trace_id: str = field(default_factory=new_id)
     deadline: float | None = None
     budget: Budget = field(default_factory=Budget)
@@ -99,7 +105,7 @@ class RequestContext:
 
     def role(self, cls: type[R]) -> type[R]:
         """The class to use for role ``cls``: the caller's replacement, or ``cls`` itself."""
-        chosen = self.roles.get(cls, cls)
+        chosen = self.roles.get(cls) or self.code.roles.get(cls, cls)
         if not (isinstance(chosen, type) and issubclass(chosen, cls)):
             raise TopologyError(f"the replacement for {cls.__name__} must subclass it")
         return chosen
@@ -239,6 +245,8 @@ class RequestContext:
             )
             return Outcome(text=reply.text, structured=reply.structured)
         name = str(getattr(member, "name", type(member).__name__))
+        if name in self.agents and getattr(getattr(member, "host", None), "actor", False):
+            return await self._call_hosted(self.agents[name], text, parent_id, timeout_s)
         with self.step(name, parent_id) as step_id:
             call = run_pattern(member, text, self, step_id)
             if timeout_s is None:
@@ -249,6 +257,31 @@ class RequestContext:
                 raise DeadlineExceededError(
                     f"member '{name}' did not answer within {timeout_s:g}s"
                 ) from None
+
+    async def _call_hosted(
+        self, agent: AgentHandle, text: str, parent_id: str, timeout_s: float | None
+    ) -> Outcome:
+        """Send a nested topology hosted on its own actor its task; keep what it spent and did.
+
+        Its root span is its step in this trace (parented here), whichever node it ran on.
+        """
+        task = Task(
+            trace_id=self.trace_id,
+            parent_span_id=parent_id,
+            deadline=self._deadline(timeout_s),
+            budget=self.budget,
+            text=text,
+        )
+        try:
+            result = await agent.run(task)
+        except CantataError as exc:
+            self.spans.extend(s for s in exc.trace if isinstance(s, Span))
+            raise
+        self.spans.extend(result.trace)
+        self.usage += result.usage
+        self.cost_usd += result.cost_usd
+        self.budget = self.budget.spend(result.usage.total_tokens, result.cost_usd)
+        return Outcome(text=result.text, structured=result.structured)
 
     async def gather(
         self,
@@ -294,8 +327,15 @@ class RequestContext:
                     latency_ms=(time.time() - start) * 1000,
                 )
             answer = outcome.text
-            if isinstance(outcome.structured, dict) and "choice" in outcome.structured:
-                answer = str(outcome.structured["choice"])
+            if choices and outcome.structured is not None:
+                try:
+                    answer = parse_output(choice_type(choices), outcome).choice
+                except StructuredOutputError as exc:
+                    return MemberReply(
+                        member=name,
+                        error=f"{type(exc).__name__}: {exc}",
+                        latency_ms=(time.time() - start) * 1000,
+                    )
             return MemberReply(member=name, text=answer, latency_ms=(time.time() - start) * 1000)
 
         replies = tuple(await gather_all(one(member) for member in members))

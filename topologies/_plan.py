@@ -7,62 +7,66 @@ untrusted: step ids, executor types against the allow-list, dependencies, cycles
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection
+from typing import Annotated, Any, Union
 
-from pydantic import JsonValue, ValidationError
+from pydantic import Field, JsonValue, ValidationError
 
-from cantata.agents import JsonSchemaFormat, Plan, PlanValidationError
+from cantata.agents import (
+    JsonSchemaFormat,
+    Plan,
+    PlanStep,
+    PlanValidationError,
+    narrow,
+    one_of,
+    output_format,
+)
 
-__all__ = ["plan_schema", "validate_plan"]
+__all__ = ["plan_schema", "plan_type", "validate_plan"]
 
 
 def plan_schema(executors: Collection[str], max_steps: int) -> JsonSchemaFormat:
-    """The JSON schema of a plan for these executor types.
+    """The JSON schema of a plan for these executor types, derived from :func:`plan_type`.
 
     Step ``k`` must have id ``s<k>`` and may depend only on earlier steps, so a model decoding
     under this schema's grammar writes an acyclic plan with valid references by construction.
     Every plan is still validated, since not every backend constrains decoding.
     """
+    return output_format(plan_type(executors, max_steps), name="plan")
 
-    def step(position: int) -> dict[str, JsonValue]:
-        earlier: list[JsonValue] = [f"s{n}" for n in range(1, position)]
-        depends_on: dict[str, JsonValue] = {"const": []}  # the first step depends on nothing
-        if earlier:
-            depends_on = {
-                "type": "array",
-                "items": {"type": "string", "enum": earlier},
-                "maxItems": len(earlier),
-            }
-        return {
-            "type": "object",
-            "properties": {
-                "id": {"type": "string", "const": f"s{position}"},
-                "executor": {"type": "string", "enum": list(sorted(executors))},
-                "prompt": {"type": "string", "minLength": 1, "maxLength": 400},
-                "depends_on": depends_on,
-            },
-            "required": ["id", "executor", "prompt", "depends_on"],
-            "additionalProperties": False,
-        }
 
-    plans: list[JsonValue] = [
-        {
-            "type": "array",
-            "prefixItems": [step(n) for n in range(1, count + 1)],
-            "items": False,
-            "minItems": count,
-            "maxItems": count,
-        }
-        for count in range(1, max_steps + 1)
-    ]
-    return JsonSchemaFormat(
-        name="plan",
-        json_schema={
-            "type": "object",
-            "properties": {"steps": {"anyOf": plans}},
-            "required": ["steps"],
-            "additionalProperties": False,
-        },
+def plan_type(executors: Collection[str], max_steps: int) -> type[Plan]:
+    """:class:`~cantata.agents.Plan` narrowed to plans of 1 to ``max_steps`` steps that are
+    acyclic by construction: step ``k`` is a :class:`~cantata.agents.PlanStep` with id
+    ``s<k>``, one of ``executors``, and dependencies among ``s1`` to ``s<k-1>`` only.
+    """
+    return _plan_type(tuple(sorted(executors)), max_steps)
+
+
+@functools.lru_cache(maxsize=64)
+def _plan_type(executors: tuple[str, ...], max_steps: int) -> type[Plan]:
+    steps = [_step_type(position, executors) for position in range(1, max_steps + 1)]
+    # One fixed-length tuple per plan length (prefixItems, one schema per position): that is
+    # what lets each position have its own id and its own earlier steps to depend on.
+    plans = tuple(
+        tuple.__class_getitem__(tuple(steps[:count])) for count in range(1, max_steps + 1)
+    )
+    return narrow(Plan, steps=Union.__getitem__(plans))
+
+
+def _step_type(position: int, executors: tuple[str, ...]) -> type[PlanStep]:
+    earlier = [f"s{n}" for n in range(1, position)]
+    depends_on: Any = (
+        Annotated[tuple[one_of(earlier), ...], Field(max_length=len(earlier))]  # type: ignore[misc]
+        if earlier
+        else tuple[()]  # the first step depends on nothing
+    )
+    return narrow(
+        PlanStep,
+        id=one_of([f"s{position}"]),
+        executor=one_of(executors),
+        depends_on=depends_on,
     )
 
 

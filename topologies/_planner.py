@@ -4,6 +4,11 @@ The planner writes a :class:`~cantata.agents.Plan` with schema-constrained outpu
 validated (and sent back once for repair if it fails); steps run on the executors of their type
 as soon as the steps they depend on are done, so independent steps run in parallel; the planner
 then synthesizes the answer from the step results.
+
+The :class:`Planner` is a role agent: the pattern sends it a :class:`~cantata.agents.PlanRequest`
+(reply: the :class:`~cantata.agents.Plan`) and a :class:`~cantata.agents.SynthesisRequest`
+(reply: a :class:`~cantata.agents.TaskReply` with the answer). Its handlers call
+:meth:`Planner.plan` and :meth:`Planner.synthesize`, which are what a subclass overrides.
 """
 
 from __future__ import annotations
@@ -12,10 +17,14 @@ import asyncio
 
 from cantata.agents import (
     Plan,
+    PlanRequest,
     PlanStep,
     PlanValidationError,
     StepResult,
     StructuredOutputError,
+    SynthesisRequest,
+    TaskReply,
+    handles,
 )
 
 from ._context import RequestContext, gather_all
@@ -23,12 +32,13 @@ from ._dispatch import register
 from ._outcome import Outcome
 from ._plan import plan_schema, validate_plan
 from ._prompt import PromptTemplate
+from ._role import Role, reply_as, role_request
 from ._spec import PlannerExecutorSpec
 
 __all__ = ["Planner", "run_planner_executor"]
 
 
-class Planner:
+class Planner(Role):
     """Writes and repairs plans, and synthesizes the answer. Subclass to change its prompts."""
 
     def __init__(self, spec: PlannerExecutorSpec) -> None:
@@ -86,6 +96,21 @@ class Planner:
         )
         return reply.text
 
+    @handles
+    async def on_plan(self, request: PlanRequest, ctx: RequestContext) -> Plan:
+        """A validated plan for the request (see :meth:`plan`), under its parent span."""
+        return await self.plan(request.request, ctx, request.parent_span_id)
+
+    @handles
+    async def on_synthesis(self, request: SynthesisRequest, ctx: RequestContext) -> TaskReply:
+        """The final answer from the request's results (see :meth:`synthesize`)."""
+        answer = await self.synthesize(
+            request.request, list(request.results), ctx, request.parent_span_id
+        )
+        return TaskReply(
+            trace_id=request.trace_id, parent_span_id=request.parent_span_id, text=answer
+        )
+
 
 async def _execute(
     spec: PlannerExecutorSpec, plan: Plan, ctx: RequestContext, parent_id: str
@@ -125,9 +150,13 @@ async def run_planner_executor(
     """Plan, execute the steps on their executors, synthesize."""
     planner = ctx.role(Planner)(spec)
     with ctx.step("planner:plan", parent_id) as planner_id:
-        plan = await planner.plan(text, ctx, planner_id)
+        request = role_request(PlanRequest, ctx, planner_id, request=text)
+        plan = reply_as(Plan, await planner.handle(request, ctx), planner)
     with ctx.step("executors", parent_id) as executors_id:
         results = await _execute(spec, plan, ctx, executors_id)
     with ctx.step("planner:synthesize", parent_id) as synthesis_id:
-        answer = await planner.synthesize(text, results, ctx, synthesis_id)
-    return Outcome(text=answer, plan=plan, steps=tuple(results))
+        synthesis = role_request(
+            SynthesisRequest, ctx, synthesis_id, request=text, results=tuple(results)
+        )
+        answer = reply_as(TaskReply, await planner.handle(synthesis, ctx), planner)
+    return Outcome(text=answer.text, plan=plan, steps=tuple(results))

@@ -5,24 +5,42 @@ label's member, or to ``default`` when the router is unsure (the best label's sc
 confidence, is below the threshold) or the label has no route. The scores in a
 :class:`~cantata.agents.Route` are probabilities for the embedding router (they sum to 1) and
 the model's stated confidence for the chosen label (0 for the others) for the model router.
+
+Both classifiers are role agents: the pattern sends one a :class:`~cantata.agents.RouteRequest`
+and gets :class:`~cantata.agents.LabelScores`; the handler calls ``classify``, which is what a
+subclass overrides. The pattern then picks the :class:`~cantata.agents.Route` with
+:func:`choose`, since only it knows the routes and the threshold.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from cantata.agents import JsonSchemaFormat, Route, StructuredOutputError
+from cantata.agents import (
+    Classification,
+    LabelScores,
+    Route,
+    RouteRequest,
+    StructuredOutputError,
+    handles,
+    narrow,
+    one_of,
+    output_format,
+    parse_output,
+)
 
 from ._context import RequestContext
 from ._dispatch import register
 from ._grouping import cosine
 from ._outcome import Outcome
 from ._prompt import PromptTemplate
+from ._role import Role, reply_as, role_request
 from ._spec import EmbeddingClassifier, ModelClassifier, RouterSpec, member_name
 
 __all__ = [
@@ -30,6 +48,7 @@ __all__ = [
     "ModelRouter",
     "Scores",
     "choose",
+    "classification_type",
     "route_key",
     "run_router",
     "softmax",
@@ -57,7 +76,20 @@ def softmax(values: Sequence[float], temperature: float) -> list[float]:
     return [weight / total for weight in weights]
 
 
-class EmbeddingRouter:
+class _Classifier(Role):
+    """A router's classifier: scores the labels of a :class:`~cantata.agents.RouteRequest`."""
+
+    async def classify(self, text: str, ctx: RequestContext, parent_id: str) -> Scores:
+        """Every label's score for ``text``."""
+        raise NotImplementedError
+
+    @handles
+    async def on_route(self, request: RouteRequest, ctx: RequestContext) -> LabelScores:
+        """The labels' scores for the request's text (see ``classify``)."""
+        return LabelScores(scores=await self.classify(request.text, ctx, request.parent_span_id))
+
+
+class EmbeddingRouter(_Classifier):
     """Scores each label by the probability that the request belongs to it.
 
     A label's texts are its description and its examples, embedded as passages (once per
@@ -117,7 +149,17 @@ class EmbeddingRouter:
         return dict(zip(similarity, probabilities, strict=True))
 
 
-class ModelRouter:
+def classification_type(labels: Sequence[str]) -> type[Classification]:
+    """:class:`~cantata.agents.Classification` narrowed to ``labels`` (in their order)."""
+    return _classification_type(tuple(labels))
+
+
+@functools.lru_cache(maxsize=64)
+def _classification_type(labels: tuple[str, ...]) -> type[Classification]:
+    return narrow(Classification, label=one_of(labels))
+
+
+class ModelRouter(_Classifier):
     """Asks a model for ``{"label": <one of the labels>, "confidence": 0..1}``.
 
     The label set is enforced by the JSON schema (constrained decoding where the backend can)
@@ -127,19 +169,8 @@ class ModelRouter:
 
     def __init__(self, spec: ModelClassifier) -> None:
         self.spec = spec
-        labels = list(spec.labels)
-        self.schema = JsonSchemaFormat(
-            name="route",
-            json_schema={
-                "type": "object",
-                "properties": {
-                    "label": {"type": "string", "enum": labels},
-                    "confidence": {"type": "number", "minimum": 0, "maximum": 1},
-                },
-                "required": ["label", "confidence"],
-                "additionalProperties": False,
-            },
-        )
+        self.output_type = classification_type(list(spec.labels))
+        self.schema = output_format(self.output_type, name="route")
         menu = "\n".join(
             f"- {label}: {definition.description or '; '.join(definition.examples)}"
             for label, definition in spec.labels.items()
@@ -159,16 +190,17 @@ class ModelRouter:
             max_tokens=48,
             response_format=self.schema,
         )
-        choice = reply.structured if isinstance(reply.structured, dict) else {}
-        label, confidence = choice.get("label"), choice.get("confidence")
-        if label not in self.spec.labels or not isinstance(confidence, int | float):
+        choice = parse_output(self.output_type, reply)
+        # The narrowed type admits only the labels; checked again in case a subclass
+        # replaced ``output_type``.
+        if choice.label not in self.spec.labels:
             raise StructuredOutputError(
-                f"the classifier chose {label!r}, not one of {sorted(self.spec.labels)}",
+                f"the classifier chose {choice.label!r}, not one of {sorted(self.spec.labels)}",
                 text=reply.text,
                 model=reply.model,
             )
         scores: Scores = dict.fromkeys(self.spec.labels, 0.0)
-        scores[str(label)] = float(confidence)
+        scores[choice.label] = choice.confidence
         return scores
 
 
@@ -203,13 +235,14 @@ def route_key(spec: RouterSpec, route: Route) -> str:
 async def run_router(spec: RouterSpec, text: str, ctx: RequestContext, parent_id: str) -> Outcome:
     """Classify, pick the route, and let that member answer."""
     classifier = spec.classifier
-    router: EmbeddingRouter | ModelRouter = (
+    router: _Classifier = (
         ctx.role(EmbeddingRouter)(classifier)
         if isinstance(classifier, EmbeddingClassifier)
         else ctx.role(ModelRouter)(classifier)
     )
     with ctx.step("router", parent_id) as router_id:
-        scores = await router.classify(text, ctx, router_id)
+        request = role_request(RouteRequest, ctx, router_id, text=text)
+        scores = reply_as(LabelScores, await router.handle(request, ctx), router).scores
         route = choose(spec, scores)
         ctx.telemetry.routed(spec.name, route)
     target = spec.routes[route_key(spec, route)]

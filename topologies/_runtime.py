@@ -9,7 +9,8 @@ tests, notebooks, the function backend).
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from cantata.agents import (
     EmbedReply,
@@ -19,9 +20,21 @@ from cantata.agents import (
     ModelReply,
     ModelRequest,
     ModelSpec,
+    Task,
 )
 
-__all__ = ["InProcessRuntime", "LocalModelHandle", "ModelHandle", "Runtime"]
+from ._code import Code
+from ._result import RunResult
+from ._spec import TopologySpec
+
+__all__ = [
+    "AgentHandle",
+    "InProcessRuntime",
+    "LocalModelHandle",
+    "ModelHandle",
+    "Runtime",
+    "Started",
+]
 
 
 class ModelHandle(abc.ABC):
@@ -47,8 +60,34 @@ class ModelHandle(abc.ABC):
         """The replica's health report."""
 
 
+class AgentHandle(abc.ABC):
+    """A way to reach a node of a topology hosted as an actor of its own."""
+
+    name: str
+
+    @abc.abstractmethod
+    async def run(self, task: Task) -> RunResult:
+        """Run the node on ``task``, continuing its trace, deadline and budget."""
+
+
+@dataclass
+class Started:
+    """What a runtime started for one topology: its models, and its nodes hosted as actors."""
+
+    models: dict[str, ModelHandle]
+    agents: dict[str, AgentHandle] = field(default_factory=dict)
+
+
 class Runtime(abc.ABC):
-    """Starts and stops the models a topology needs."""
+    """Starts and stops the models (and hosted nodes) a topology needs."""
+
+    async def start(self, spec: TopologySpec, code: Code) -> Started:
+        """Start everything ``spec`` needs; hosted nodes run inline unless a runtime hosts them."""
+        return Started(models=await self.start_models(spec.models()))
+
+    async def stop(self, started: Started) -> None:
+        """Stop what :meth:`start` started."""
+        await self.stop_models(list(started.models.values()))
 
     @abc.abstractmethod
     async def start_models(self, specs: Sequence[ModelSpec]) -> dict[str, ModelHandle]:
@@ -77,13 +116,22 @@ class LocalModelHandle(ModelHandle):
 
 
 class InProcessRuntime(Runtime):
-    """Hosts every model in this process and event loop. Reservations are not enforced."""
+    """Hosts every model in this process and event loop. Reservations are not enforced, and
+    nodes that ask for an actor of their own run inline."""
+
+    async def start(self, spec: TopologySpec, code: Code) -> Started:
+        return Started(models=await self._start(spec.models(), code.actor_classes))
 
     async def start_models(self, specs: Sequence[ModelSpec]) -> dict[str, ModelHandle]:
+        return await self._start(specs, {})
+
+    async def _start(
+        self, specs: Sequence[ModelSpec], classes: Mapping[str, type[ModelActor]]
+    ) -> dict[str, ModelHandle]:
         handles: dict[str, ModelHandle] = {}
         try:
             for spec in specs:
-                actor = ModelActor(spec)
+                actor = classes.get(spec.name, ModelActor)(spec)
                 await actor.start()
                 handles[spec.name] = LocalModelHandle(actor)
         except BaseException:

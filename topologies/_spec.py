@@ -17,6 +17,7 @@ import yaml
 from pydantic import (
     Discriminator,
     Field,
+    JsonValue,
     PositiveInt,
     Tag,
     TypeAdapter,
@@ -24,16 +25,19 @@ from pydantic import (
     model_validator,
 )
 
-from cantata.agents import Frozen, ModelSpec, TopologySpecError
+from cantata.agents import Frozen, Host, ModelSpec, Resources, TopologySpecError
 
 from ._prompt import PromptTemplate
 
 __all__ = [
+    "AgentSpec",
     "ConsensusSpec",
+    "Coordinator",
     "DeploymentBudget",
     "EmbeddingClassifier",
     "FanoutSpec",
     "Grouping",
+    "ImportPath",
     "JudgeSpec",
     "Label",
     "Member",
@@ -51,12 +55,23 @@ __all__ = [
     "WeightedEnsembleSpec",
     "WeightedMember",
     "WorkerRole",
+    "hosted_nodes",
     "load_topology",
     "member_name",
     "parse_topology",
 ]
 
 _NAME = r"^[A-Za-z][A-Za-z0-9_.-]{0,62}$"
+_IMPORT_PATH = r"^[A-Za-z0-9_./-]+(\.py)?:[A-Za-z_][A-Za-z0-9_.]*$"
+
+ImportPath = Annotated[
+    str,
+    Field(
+        pattern=_IMPORT_PATH,
+        description="`module:Class`, or `file.py:Class` relative to the topology file.",
+    ),
+]
+"""Where user code lives: ``package.module:Class`` or ``path/to/file.py:Class``."""
 
 
 def _member_tag(value: object) -> str:
@@ -111,9 +126,38 @@ class DeploymentBudget(Frozen):
     alert_usd_per_hour: float | None = Field(default=None, gt=0)
 
 
+class Coordinator(Frozen):
+    """A deployment's entry point: the actors that run the top-level topology for requests.
+
+    ``replicas`` coordinators share the requests, balanced by load, so coordination is not one
+    process; a request whose coordinator dies is sent to another when ``retry`` allows (the
+    default: model calls have no side effects, so repeating one costs tokens, not harm).
+    """
+
+    replicas: PositiveInt = 1
+    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=0))
+    retry: bool = True
+
+
 class _TopologyBase(Frozen, abc.ABC):
     name: str = Field(pattern=_NAME)
     description: str = ""
+    host: Host = Field(
+        default_factory=Host,
+        description="Inline in the parent's process (default), or an actor of its own.",
+    )
+    coordinator: Coordinator = Field(
+        default_factory=Coordinator,
+        description="The deployment's coordinators; only the top-level topology's apply.",
+    )
+    actor_classes: dict[str, ImportPath] = Field(
+        default_factory=dict,
+        description="Model name -> a ModelActor subclass that hosts it; top level only.",
+    )
+    roles: dict[str, ImportPath] = Field(
+        default_factory=dict,
+        description="Role class name (Voter, Planner, ...) -> its replacement; top level only.",
+    )
     placement: Placement = Field(default_factory=Placement)
     timeout_s: float | None = Field(
         default=300.0, gt=0, description="Deadline for one request, seconds; null for none."
@@ -144,6 +188,13 @@ class _TopologyBase(Frozen, abc.ABC):
                 )
             found[model.name] = model
         return tuple(found.values())
+
+    def nodes(self) -> Iterator[_TopologyBase]:
+        """This topology and every nested one, parents first."""
+        yield self
+        for member in self.parts():
+            if not isinstance(member, ModelSpec):
+                yield from member.nodes()
 
     def _walk_models(self) -> Iterator[ModelSpec]:
         for member in self.parts():
@@ -424,6 +475,23 @@ class PlannerExecutorSpec(_TopologyBase, Generation):
         yield from self.executors.values()
 
 
+class AgentSpec(_TopologyBase):
+    """A user's :class:`~cantata.agents.Agent` as a node of a topology.
+
+    ``agent`` names the class (an import path); it handles the node's
+    :class:`~cantata.agents.Task` and reaches ``members`` (models, agents or topologies) by
+    name through its context. ``settings`` is handed to the agent's constructor as is.
+    """
+
+    pattern: Literal["agent"] = "agent"
+    agent: ImportPath
+    members: dict[str, Member] = Field(default_factory=dict)
+    settings: dict[str, JsonValue] = Field(default_factory=dict)
+
+    def parts(self) -> Iterator[ModelSpec | _TopologyBase]:
+        yield from self.members.values()
+
+
 class WorkerRole(Frozen):
     """A named worker: what it is good at (shown to the supervisor) and who does the work."""
 
@@ -456,7 +524,8 @@ TopologySpec = Annotated[
     | ConsensusSpec
     | WeightedEnsembleSpec
     | PlannerExecutorSpec
-    | SupervisorWorkerSpec,
+    | SupervisorWorkerSpec
+    | AgentSpec,
     Field(discriminator="pattern"),
 ]
 """Every pattern's spec, discriminated by ``pattern``."""
@@ -473,6 +542,7 @@ for _spec in (
     PlannerExecutorSpec,
     WorkerRole,
     SupervisorWorkerSpec,
+    AgentSpec,
 ):
     _spec.model_rebuild()
 
@@ -492,7 +562,25 @@ def parse_topology(data: object, *, source: str = "<topology>") -> TopologySpec:
             f"{source} is not a valid topology:\n" + "\n".join(problems)
         ) from None
     spec.models()  # name clashes between different models surface now, not at run time
+    hosted_nodes(spec)
     return spec
+
+
+def hosted_nodes(spec: TopologySpec) -> dict[str, TopologySpec]:
+    """The nested topologies hosted as actors of their own, by name (the top level excluded).
+
+    Their names identify their actors, so two of them may not share one.
+    """
+    found: dict[str, TopologySpec] = {}
+    for node in spec.nodes():
+        if node is spec or not node.host.actor:
+            continue
+        if node.name in found and found[node.name] != node:
+            raise TopologySpecError(
+                f"topology '{spec.name}' hosts two different nodes named '{node.name}' as actors"
+            )
+        found[node.name] = node  # type: ignore[assignment]
+    return found
 
 
 def read_yaml(path: Path) -> Any:

@@ -4,75 +4,73 @@ Each round the supervisor assigns tasks to named workers (typed :class:`~cantata
 objects, checked against the worker list), the workers do them in parallel, and the supervisor
 reviews the results: it approves with a final answer, or sends the work back with feedback for
 another round, up to ``max_rounds``.
+
+The :class:`Supervisor` is a role agent: the pattern sends it an
+:class:`~cantata.agents.AssignRequest` (reply: :class:`~cantata.agents.Assignments`) and a
+:class:`~cantata.agents.ReviewRequest` (reply: :class:`~cantata.agents.Review`). Its handlers
+call :meth:`Supervisor.assign` and :meth:`Supervisor.review`, which are what a subclass
+overrides.
 """
 
 from __future__ import annotations
 
-from pydantic import ValidationError
+import functools
+from collections.abc import Collection
+from typing import Annotated
+
+from pydantic import Field
 
 from cantata.agents import (
     Assignment,
     AssignmentError,
-    JsonSchemaFormat,
+    Assignments,
+    AssignRequest,
     Review,
-    StructuredOutputError,
+    ReviewRequest,
+    handles,
+    narrow,
+    one_of,
+    output_format,
+    parse_output,
 )
 
 from ._context import RequestContext, gather_all
 from ._dispatch import register
 from ._outcome import Outcome
 from ._prompt import PromptTemplate
+from ._role import Role, reply_as, role_request
 from ._spec import SupervisorWorkerSpec
 
-__all__ = ["Supervisor", "run_supervisor_worker"]
-
-_REVIEW = JsonSchemaFormat(
-    name="review",
-    json_schema={
-        "type": "object",
-        "properties": {
-            "approved": {"type": "boolean"},
-            # Bounded so a small model cannot run past its token limit mid-string.
-            "feedback": {"type": "string", "maxLength": 300},
-            "answer": {"type": "string", "maxLength": 600},
-        },
-        "required": ["approved", "feedback", "answer"],
-        "additionalProperties": False,
-    },
-)
+__all__ = ["Supervisor", "assignments_type", "run_supervisor_worker"]
 
 
-class Supervisor:
+def assignments_type(workers: Collection[str]) -> type[Assignments]:
+    """:class:`~cantata.agents.Assignments` narrowed to these workers: one to two tasks each."""
+    return _assignments_type(tuple(sorted(workers)))
+
+
+@functools.lru_cache(maxsize=64)
+def _assignments_type(workers: tuple[str, ...]) -> type[Assignments]:
+    assignment = narrow(Assignment, worker=one_of(workers))
+    return narrow(
+        Assignments,
+        assignments=Annotated[
+            tuple[assignment, ...],  # type: ignore[valid-type]
+            Field(min_length=1, max_length=2 * len(workers)),
+        ],
+    )
+
+
+class Supervisor(Role):
     """Assigns tasks and reviews results. Subclass to change its prompts or its judgement."""
 
     def __init__(self, spec: SupervisorWorkerSpec) -> None:
         self.spec = spec
         names = sorted(spec.workers)
         roster = "\n".join(f"- {name}: {spec.workers[name].description}" for name in names)
-        self.assign_schema = JsonSchemaFormat(
-            name="assignments",
-            json_schema={
-                "type": "object",
-                "properties": {
-                    "assignments": {
-                        "type": "array",
-                        "minItems": 1,
-                        "maxItems": 2 * len(names),
-                        "items": {
-                            "type": "object",
-                            "properties": {
-                                "worker": {"type": "string", "enum": names},
-                                "task": {"type": "string", "minLength": 1, "maxLength": 400},
-                            },
-                            "required": ["worker", "task"],
-                            "additionalProperties": False,
-                        },
-                    }
-                },
-                "required": ["assignments"],
-                "additionalProperties": False,
-            },
-        )
+        self.assign_type = assignments_type(names)
+        self.assign_schema = output_format(self.assign_type, name="assignments")
+        self.review_schema = output_format(Review, name="review")
         self.assign_prompt = PromptTemplate(
             system=f"{spec.instructions}\nWorkers:\n{roster}\n"
             'Reply with JSON: {"assignments": [{"worker": "<name>", "task": "..."}]}.'
@@ -97,15 +95,9 @@ class Supervisor:
             max_tokens=self.spec.supervisor_max_tokens,
             response_format=self.assign_schema,
         )
-        data = reply.structured if isinstance(reply.structured, dict) else {}
-        try:
-            assignments = [Assignment.model_validate(a) for a in data.get("assignments", [])]  # type: ignore[union-attr]
-        except ValidationError as exc:
-            raise StructuredOutputError(
-                f"the supervisor's assignments are malformed: {exc.error_count()} problem(s)",
-                text=reply.text,
-                model=reply.model,
-            ) from None
+        assignments = list(parse_output(self.assign_type, reply).assignments)
+        # The narrowed type admits only these workers; checked again in case a subclass
+        # replaced ``assign_type``.
         unknown = sorted({a.worker for a in assignments} - set(self.spec.workers))
         if unknown or not assignments:
             problems = [f"unknown worker '{name}'" for name in unknown] or ["no assignments"]
@@ -125,15 +117,28 @@ class Supervisor:
             prompt=self.review_prompt,
             parent_id=parent_id,
             max_tokens=self.spec.supervisor_max_tokens,
-            response_format=_REVIEW,
+            response_format=self.review_schema,
             values={"original": request},
         )
-        try:
-            return Review.model_validate(reply.structured)
-        except ValidationError:
-            raise StructuredOutputError(
-                "the supervisor's review is malformed", text=reply.text, model=reply.model
-            ) from None
+        return parse_output(Review, reply)
+
+    @handles
+    async def on_assign(self, request: AssignRequest, ctx: RequestContext) -> Assignments:
+        """This round's assignments (see :meth:`assign`), under the request's parent span."""
+        assignments = await self.assign(
+            request.request, request.feedback, ctx, request.parent_span_id
+        )
+        if not assignments:  # a subclass's assign may return none; Assignments needs one
+            raise AssignmentError(
+                "the supervisor's assignments were rejected: no assignments",
+                problems=["no assignments"],
+            )
+        return Assignments(assignments=tuple(assignments))
+
+    @handles
+    async def on_review(self, request: ReviewRequest, ctx: RequestContext) -> Review:
+        """The verdict on the round's results (see :meth:`review`)."""
+        return await self.review(request.request, request.results, ctx, request.parent_span_id)
 
 
 @register(SupervisorWorkerSpec)
@@ -147,7 +152,12 @@ async def run_supervisor_worker(
     for round_number in range(1, spec.max_rounds + 1):
         with ctx.step(f"round-{round_number}", parent_id) as round_id:
             with ctx.step("supervisor:assign", round_id) as assign_id:
-                assignments = await supervisor.assign(text, feedback, ctx, assign_id)
+                assign = role_request(
+                    AssignRequest, ctx, assign_id, request=text, feedback=feedback
+                )
+                assignments = reply_as(
+                    Assignments, await supervisor.handle(assign, ctx), supervisor
+                ).assignments
 
             async def work(assignment: Assignment, round_id: str = round_id) -> str:
                 with ctx.step(f"worker:{assignment.worker}", round_id) as worker_id:
@@ -163,7 +173,8 @@ async def run_supervisor_worker(
 
             results = "\n\n".join(await gather_all(work(a) for a in assignments))
             with ctx.step("supervisor:review", round_id) as review_id:
-                review = await supervisor.review(text, results, ctx, review_id)
+                check = role_request(ReviewRequest, ctx, review_id, request=text, results=results)
+                review = reply_as(Review, await supervisor.handle(check, ctx), supervisor)
         if review.approved:
             return Outcome(text=review.answer or results, rounds=round_number)
         feedback = review.feedback

@@ -1,19 +1,25 @@
-"""The ``vote`` pattern, and the :class:`Voter` role that tallies ballots."""
+"""The ``vote`` pattern, and the :class:`Voter` role agent that tallies ballots.
+
+The pattern sends the voter a :class:`~cantata.agents.TallyRequest` and gets a
+:class:`~cantata.agents.Decision`; the voter's handler calls :meth:`Voter.decide`, which is
+what a subclass overrides.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from cantata.agents import Ballot, Decision, MemberReply
+from cantata.agents import Ballot, BallotGroup, Decision, MemberReply, TallyRequest, handles
 
 from ._context import RequestContext
 from ._dispatch import register
 from ._fanout import ask_members
 from ._grouping import AnswerGroup, group_answers
 from ._outcome import Outcome
+from ._role import Role, reply_as, role_request
 from ._spec import VoteSpec
 
-__all__ = ["Voter", "ballots_from", "run_vote"]
+__all__ = ["Voter", "ballots_from", "run_vote", "tally"]
 
 
 def ballots_from(
@@ -28,7 +34,7 @@ def ballots_from(
     ]
 
 
-class Voter:
+class Voter(Role):
     """Tallies ballots over answer groups. Subclass to change how votes count.
 
     Each group's votes are the sum of its ballots' ``score`` (when scored) or ``weight``. The
@@ -56,6 +62,29 @@ class Voter:
             ballots=tuple(ballots),
         )
 
+    @handles
+    async def on_tally(self, request: TallyRequest, ctx: RequestContext) -> Decision:
+        """The decision for the request's ballots and groups (see :meth:`decide`)."""
+        groups = [AnswerGroup(g.indices, g.representative) for g in request.groups]
+        return self.decide(request.ballots, groups)
+
+
+async def tally(
+    ballots: Sequence[Ballot], groups: Sequence[AnswerGroup], ctx: RequestContext, parent_id: str
+) -> Decision:
+    """Send the request's voter (``ctx.role(Voter)``) the ballots to tally; its decision."""
+    voter = ctx.role(Voter)()
+    request = role_request(
+        TallyRequest,
+        ctx,
+        parent_id,
+        ballots=tuple(ballots),
+        groups=tuple(
+            BallotGroup(indices=g.indices, representative=g.representative) for g in groups
+        ),
+    )
+    return reply_as(Decision, await voter.handle(request, ctx), voter)
+
 
 @register(VoteSpec)
 async def run_vote(spec: VoteSpec, text: str, ctx: RequestContext, parent_id: str) -> Outcome:
@@ -64,6 +93,6 @@ async def run_vote(spec: VoteSpec, text: str, ctx: RequestContext, parent_id: st
     ballots = ballots_from(replies)
     with ctx.step("voter", parent_id) as voter_id:
         groups = await group_answers([b.answer for b in ballots], spec.grouping, ctx, voter_id)
-        decision = ctx.role(Voter)().decide(ballots, groups)
+        decision = await tally(ballots, groups, ctx, voter_id)
     ctx.telemetry.decided(spec.name, spec.pattern, decision)
     return Outcome(text=decision.winner, decision=decision, replies=replies)

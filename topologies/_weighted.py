@@ -1,23 +1,49 @@
-"""The ``weighted_ensemble`` pattern, and the :class:`Judge` role that scores answers."""
+"""The ``weighted_ensemble`` pattern, and the :class:`Judge` role agent that scores answers.
+
+The pattern sends the judge a :class:`~cantata.agents.ScoreRequest` per answer and gets an
+:class:`~cantata.agents.AnswerScore`; the judge's handler calls :meth:`Judge.score`, which is
+what a subclass overrides. The scored ballots are tallied by the request's voter.
+"""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
+from typing import Annotated
 
-from cantata.agents import Ballot, JsonSchemaFormat, StructuredOutputError, TopologySpecError
+from pydantic import Field
+
+from cantata.agents import (
+    AnswerScore,
+    Ballot,
+    JudgeScore,
+    ScoreRequest,
+    TopologySpecError,
+    handles,
+    narrow,
+    output_format,
+    parse_output,
+)
 
 from ._context import RequestContext, gather_all
 from ._dispatch import register
 from ._grouping import group_answers
 from ._outcome import Outcome
 from ._prompt import PromptTemplate
+from ._role import Role, reply_as, role_request
 from ._spec import JudgeSpec, WeightedEnsembleSpec, member_name
-from ._vote import Voter, ballots_from
+from ._vote import ballots_from, tally
 
-__all__ = ["Judge", "run_weighted_ensemble"]
+__all__ = ["Judge", "judge_score_type", "run_weighted_ensemble"]
 
 
-class Judge:
+@functools.lru_cache(maxsize=64)
+def judge_score_type(scale: int) -> type[JudgeScore]:
+    """:class:`~cantata.agents.JudgeScore` narrowed to scores from 0 to ``scale``."""
+    return narrow(JudgeScore, score=Annotated[int, Field(ge=0, le=scale)])
+
+
+class Judge(Role):
     """Scores an answer with a judge model whose output is constrained to ``{"score": 0..scale}``.
 
     Returns the score divided by the scale (0 to 1). Subclass and override :meth:`score` to
@@ -26,15 +52,8 @@ class Judge:
 
     def __init__(self, spec: JudgeSpec) -> None:
         self.spec = spec
-        self.schema = JsonSchemaFormat(
-            name="score",
-            json_schema={
-                "type": "object",
-                "properties": {"score": {"type": "integer", "minimum": 0, "maximum": spec.scale}},
-                "required": ["score"],
-                "additionalProperties": False,
-            },
-        )
+        self.output_type = judge_score_type(spec.scale)
+        self.schema = output_format(self.output_type, name="score")
         self.prompt = PromptTemplate(
             system=spec.instructions.replace("{scale}", str(spec.scale))
             + ' Reply with JSON: {"score": <integer>}.',
@@ -52,14 +71,13 @@ class Judge:
             response_format=self.schema,
             values={"original": question},
         )
-        # The actor checked the reply against the schema: an object with an integer score.
-        structured = reply.structured
-        score = structured.get("score") if isinstance(structured, dict) else None
-        if not isinstance(score, int):
-            raise StructuredOutputError(
-                "the judge's reply has no integer score", text=reply.text, model=reply.model
-            )
-        return score / self.spec.scale
+        return parse_output(self.output_type, reply).score / self.spec.scale
+
+    @handles
+    async def on_score(self, request: ScoreRequest, ctx: RequestContext) -> AnswerScore:
+        """The request's answer scored (see :meth:`score`), under its parent span."""
+        score = await self.score(request.question, request.answer, ctx, request.parent_span_id)
+        return AnswerScore(score=score)
 
 
 async def _scores(
@@ -74,9 +92,12 @@ async def _scores(
     if spec.judge is None:  # the spec's validator makes this unreachable
         raise TopologySpecError(f"'{spec.name}' has neither a judge nor a scorer")
     judge = ctx.role(Judge)(spec.judge)
-    return await gather_all(
-        judge.score(question, ballot.answer, ctx, parent_id) for ballot in ballots
-    )
+
+    async def score(answer: str) -> float:
+        request = role_request(ScoreRequest, ctx, parent_id, question=question, answer=answer)
+        return reply_as(AnswerScore, await judge.handle(request, ctx), judge).score
+
+    return await gather_all(score(ballot.answer) for ballot in ballots)
 
 
 @register(WeightedEnsembleSpec)
@@ -104,6 +125,6 @@ async def run_weighted_ensemble(
             for ballot, score in zip(ballots, scores, strict=True)
         ]
         groups = await group_answers([b.answer for b in scored], spec.grouping, ctx, step_id)
-        decision = ctx.role(Voter)().decide(scored, groups)
+        decision = await tally(scored, groups, ctx, step_id)
     ctx.telemetry.decided(spec.name, spec.pattern, decision)
     return Outcome(text=decision.winner, decision=decision, replies=replies)

