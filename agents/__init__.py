@@ -70,7 +70,7 @@ from ._output import (
     output_format,
     parse_output,
 )
-from ._resources import Resources, parse_bytes
+from ._resources import Resources
 from ._roles import (
     AnswerScore,
     Assignment,
@@ -98,7 +98,6 @@ from ._roles import (
     TallyRequest,
 )
 from ._scaling import Autoscaling, Host
-from ._structured import parse_structured
 from ._telemetry import RefusalReason, Telemetry, TelemetryGroup
 
 __all__ = [
@@ -197,7 +196,5 @@ __all__ = [
     "new_id",
     "one_of",
     "output_format",
-    "parse_bytes",
     "parse_output",
-    "parse_structured",
 ]

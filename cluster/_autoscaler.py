@@ -14,6 +14,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Literal
 
 import structlog
 
@@ -92,31 +93,26 @@ class Autoscaler:
 
     async def _scale(self, group: Group, load: float, current: int, wanted: int) -> None:
         direction = "up" if wanted > current else "down"
+        outcome: Literal["scaled", "refused"] = "scaled"
+        detail = None
         try:
             _, after = await self.fleet.scale(group.name, wanted, self.start_timeout_s)
         except CantataError as exc:
-            decision = ScalingDecision(
-                at=time.time(),
-                target=group.name,
-                kind=group.kind,
-                load=load,
-                replicas_before=current,
-                replicas_after=current,
-                outcome="refused",
-                detail=f"{type(exc).__name__}: {exc}"[:500],
-            )
+            after, outcome = current, "refused"
+            detail = f"{type(exc).__name__}: {exc}"[:500]
             log.warning("autoscaling refused", target=group.name, wanted=wanted, error=str(exc))
         else:
-            decision = ScalingDecision(
-                at=time.time(),
-                target=group.name,
-                kind=group.kind,
-                load=load,
-                replicas_before=current,
-                replicas_after=after,
-                outcome="scaled",
-            )
             log.info("autoscaled", target=group.name, before=current, after=after, load=load)
+        decision = ScalingDecision(
+            at=time.time(),
+            target=group.name,
+            kind=group.kind,
+            load=load,
+            replicas_before=current,
+            replicas_after=after,
+            outcome=outcome,
+            detail=detail,
+        )
         self.decisions.append(decision)
         record_scaling_decision(
             deployment=self.deployment,

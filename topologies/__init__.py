@@ -11,19 +11,16 @@ override.
 (``cantata eval``).
 """
 
-from ._agent_node import MemberContext
+from ._call_options import CallOptions
 from ._code import Code
-from ._code_loading import import_object, load_code, role_classes
+from ._code_loading import load_code
 from ._context import RequestContext
-from ._dispatch import PatternRunner, register, run_pattern
 from ._eval_compare import Comparison, Delta, GateResult, Gates, check_gates, compare, load_gates
 from ._eval_dataset import Dataset, DatasetError, Example, load_dataset, parse_dataset
 from ._eval_metrics import (
     ConfusionMatrix,
     LatencyStats,
     ThresholdFit,
-    fit_default_precision,
-    fit_threshold,
     percentile,
 )
 from ._eval_report import (
@@ -47,9 +44,9 @@ from ._evaluation import (
     evaluate,
     run_evaluation,
 )
-from ._grouping import AnswerGroup, cosine, group_answers, normalize
+from ._grouping import AnswerGroup, cosine, normalize
 from ._outcome import Outcome
-from ._plan import plan_schema, validate_plan
+from ._plan import validate_plan
 from ._planner import Planner
 from ._prompt import PromptTemplate
 from ._result import RunResult
@@ -58,7 +55,6 @@ from ._run import answer, answer_task, run_topology
 from ._runtime import (
     AgentHandle,
     InProcessRuntime,
-    LocalModelHandle,
     ModelHandle,
     Runtime,
     Started,
@@ -71,7 +67,6 @@ from ._spec import (
     EmbeddingClassifier,
     FanoutSpec,
     Grouping,
-    ImportPath,
     JudgeSpec,
     Label,
     Member,
@@ -91,7 +86,6 @@ from ._spec import (
     WorkerRole,
     hosted_nodes,
     load_topology,
-    member_name,
     parse_topology,
 )
 from ._supervisor import Supervisor
@@ -105,6 +99,7 @@ __all__ = [
     "AgentSpec",
     "AnswerGroup",
     "AnswerReport",
+    "CallOptions",
     "CaseResult",
     "Code",
     "Comparison",
@@ -126,15 +121,12 @@ __all__ = [
     "GateResult",
     "Gates",
     "Grouping",
-    "ImportPath",
     "InProcessRuntime",
     "Judge",
     "JudgeSpec",
     "Label",
     "LatencyStats",
-    "LocalModelHandle",
     "Member",
-    "MemberContext",
     "Mistake",
     "ModelCall",
     "ModelClassifier",
@@ -143,7 +135,6 @@ __all__ = [
     "ModelRouter",
     "Outcome",
     "ParallelSpec",
-    "PatternRunner",
     "PipelineSpec",
     "Placement",
     "Planner",
@@ -175,25 +166,16 @@ __all__ = [
     "cosine",
     "default_embedder",
     "evaluate",
-    "fit_default_precision",
-    "fit_threshold",
-    "group_answers",
     "hosted_nodes",
-    "import_object",
     "load_code",
     "load_dataset",
     "load_gates",
     "load_topology",
-    "member_name",
     "normalize",
     "parse_dataset",
     "parse_topology",
     "percentile",
-    "plan_schema",
-    "register",
-    "role_classes",
     "run_evaluation",
-    "run_pattern",
     "run_topology",
     "validate_plan",
 ]

@@ -7,6 +7,7 @@ are children of the agent's current step, and their usage, cost and budget are t
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -23,10 +24,11 @@ from cantata.agents import (
     Task,
     TaskReply,
     TopologyError,
+    output_format,
 )
 
+from ._call_options import CallOptions
 from ._context import RequestContext
-from ._dispatch import register
 from ._outcome import Outcome
 from ._prompt import PromptTemplate
 from ._spec import AgentSpec
@@ -35,10 +37,12 @@ __all__ = ["MemberContext", "output_schema", "run_agent"]
 
 
 def output_schema(output: type[BaseModel]) -> JsonSchemaFormat:
-    """The structured output a model must produce to be read as ``output``."""
-    schema = output.model_json_schema()
-    schema.pop("title", None)
-    return JsonSchemaFormat(name=output.__name__[:64] or "output", json_schema=schema)
+    """The structured output a model must produce to be read as ``output``.
+
+    The same strict schema the role agents ask for (:func:`~cantata.agents.output_format`),
+    named after the type.
+    """
+    return output_format(output, name=re.sub(r"[^A-Za-z0-9_-]", "_", output.__name__)[:64])
 
 
 class MemberContext(AgentContext):
@@ -88,16 +92,14 @@ class MemberContext(AgentContext):
             )
         target = self.spec.members[member]
         if isinstance(target, ModelSpec):
-            reply = await self.ctx.ask(
-                target.name,
-                text,
+            options = CallOptions(
                 prompt=PromptTemplate(system=system),
-                parent_id=self._parent.get(),
                 max_tokens=max_tokens,
                 temperature=temperature,
                 timeout_s=timeout_s,
-                response_format=None if output is None else output_schema(output),
+                output=None if output is None else output_schema(output),
             )
+            reply = await self.ctx.ask(target.name, text, options, parent_id=self._parent.get())
             structured = reply.structured
             if output is not None:
                 try:
@@ -110,19 +112,11 @@ class MemberContext(AgentContext):
                         model=target.name,
                     ) from None
             return TaskReply(trace_id=self.trace_id, text=reply.text, structured=structured)
-        outcome = await self.ctx.call_member(
-            target,
-            text,
-            prompt=PromptTemplate(),
-            parent_id=self._parent.get(),
-            max_tokens=max_tokens,
-            temperature=temperature,
-            timeout_s=timeout_s,
-        )
+        options = CallOptions(max_tokens=max_tokens, temperature=temperature, timeout_s=timeout_s)
+        outcome = await self.ctx.call_member(target, text, options, parent_id=self._parent.get())
         return TaskReply(trace_id=self.trace_id, text=outcome.text, structured=outcome.structured)
 
 
-@register(AgentSpec)
 async def run_agent(spec: AgentSpec, text: str, ctx: RequestContext, parent_id: str) -> Outcome:
     """Hand the node's input to its agent as a task; its reply is the node's answer."""
     agent_class = ctx.code.agents.get(spec.agent)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from ._context import RequestContext
-from ._dispatch import register
 from ._fanout import ask_members
 from ._grouping import group_answers
 from ._outcome import Outcome
@@ -13,7 +12,6 @@ from ._vote import ballots_from, tally
 __all__ = ["run_consensus"]
 
 
-@register(ConsensusSpec)
 async def run_consensus(
     spec: ConsensusSpec, text: str, ctx: RequestContext, parent_id: str
 ) -> Outcome:
@@ -33,12 +31,7 @@ async def run_consensus(
             ctx.telemetry.decided(spec.name, spec.pattern, decision)
             return Outcome(text=decision.winner, decision=decision, replies=replies)
         escalated = await ctx.call_member(
-            spec.escalate_to,
-            text,
-            prompt=spec.prompt,
-            parent_id=step_id,
-            max_tokens=spec.max_tokens,
-            temperature=spec.temperature,
+            spec.escalate_to, text, spec.call_options(), parent_id=step_id
         )
     decision = decision.model_copy(update={"winner": escalated.text, "escalated": True})
     ctx.telemetry.decided(spec.name, spec.pattern, decision)

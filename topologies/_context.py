@@ -3,17 +3,21 @@
 Role agents and patterns reach models only through :class:`RequestContext`: ``ask`` for one
 model call, ``call_member`` for a member that may be a model or a nested topology, and
 ``gather`` for the parallel branches of fan-outs, votes and ensembles (per-member deadline,
-quorum, every failure reported, nothing hung).
+quorum, every failure reported, nothing hung). How a member is asked is one
+:class:`~cantata.topologies.CallOptions`.
+
+The context runs a nested topology through the pattern table it is given (``patterns``, see
+``_patterns.py``) rather than importing the patterns, which import it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import TypeVar
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
 
 from cantata.agents import (
     Budget,
@@ -23,7 +27,6 @@ from cantata.agents import (
     EmbedReply,
     EmbedRequest,
     Identity,
-    JsonSchemaFormat,
     MemberReply,
     ModelReply,
     ModelRequest,
@@ -42,16 +45,19 @@ from cantata.agents import (
     parse_output,
 )
 
+from ._call_options import CallOptions
 from ._code import Code
-from ._dispatch import run_pattern
 from ._outcome import Outcome
-from ._prompt import PromptTemplate
 from ._runtime import AgentHandle, ModelHandle
+from ._spec import Member, member_name
 
-__all__ = ["RequestContext", "choice_format", "gather_all"]
+__all__ = ["PatternRunner", "RequestContext", "gather_all"]
 
 R = TypeVar("R")
 T = TypeVar("T")
+
+PatternRunner = Callable[[Any, str, "RequestContext", str], Awaitable[Outcome]]
+"""Runs one pattern: ``(spec, text, ctx, parent_id) -> Outcome``."""
 
 
 async def gather_all(calls: Iterable[Awaitable[T]]) -> list[T]:
@@ -70,27 +76,19 @@ async def gather_all(calls: Iterable[Awaitable[T]]) -> list[T]:
         raise
 
 
-def choice_format(choices: Sequence[str]) -> JsonSchemaFormat:
-    """The structured output that makes a model pick one of ``choices``.
-
-    Derived from :class:`~cantata.agents.Choice` narrowed to ``choices``, so the schema and the
-    type the answer is read with are one definition.
-    """
-    return choice_output(choices)
-
-
 @dataclass
 class RequestContext:
     """One request through a topology. Collects every span; tracks what the budget has left.
 
     ``telemetry`` receives the spans of the steps run here (model actors report their own
     calls), and the routes and decisions the patterns make. ``where`` is the actor and node
-    running the steps, stamped on their spans (empty outside Ray). ``agents`` reach the nested
-    topologies hosted as actors of their own; ``code`` holds the user classes the topology
-    names.
+    running the steps, stamped on their spans (empty outside Ray). ``patterns`` runs each
+    nested topology by its spec's type. ``agents`` reach the nested topologies hosted as actors
+    of their own; ``code`` holds the user classes the topology names.
     """
 
     handles: dict[str, ModelHandle]
+    patterns: Mapping[type, PatternRunner] = field(default_factory=dict)
     agents: dict[str, AgentHandle] = field(default_factory=dict)
     code: Code = field(default_factory=Code)
     trace_id: str = field(default_factory=new_id)
@@ -149,33 +147,24 @@ class RequestContext:
         return member_deadline if self.deadline is None else min(self.deadline, member_deadline)
 
     async def ask(
-        self,
-        model: str,
-        text: str,
-        *,
-        prompt: PromptTemplate,
-        parent_id: str,
-        max_tokens: int = 256,
-        temperature: float = 0.0,
-        response_format: JsonSchemaFormat | None = None,
-        timeout_s: float | None = None,
-        values: dict[str, str] | None = None,
+        self, model: str, text: str, options: CallOptions, *, parent_id: str
     ) -> ModelReply:
-        """Send ``text`` through ``prompt`` to ``model``; record its span and spend its cost."""
+        """Send ``text`` through ``options.prompt`` to ``model``; record its span and spend."""
         if self.budget.exhausted:
             raise BudgetExhaustedError(f"no budget left before calling {model}")
+        max_tokens = options.max_tokens
         if self.budget.tokens is not None:
             # A reply may not spend more tokens than the request has left.
             max_tokens = max(1, min(max_tokens, self.budget.tokens))
         request = ModelRequest(
             trace_id=self.trace_id,
             parent_span_id=parent_id,
-            deadline=self._deadline(timeout_s),
+            deadline=self._deadline(options.timeout_s),
             budget=self.budget,
-            messages=prompt.render(text, **(values or {})),
+            messages=options.prompt.render(text, **options.values),
             max_tokens=max_tokens,
-            temperature=temperature,
-            response_format=response_format,
+            temperature=options.temperature,
+            response_format=options.output,
         )
         try:
             reply = await self.handles[model].complete(request)
@@ -215,47 +204,34 @@ class RequestContext:
             self.spans.append(error.span)
 
     async def call_member(
-        self,
-        member: object,
-        text: str,
-        *,
-        prompt: PromptTemplate,
-        parent_id: str,
-        max_tokens: int = 256,
-        temperature: float = 0.0,
-        timeout_s: float | None = None,
-        values: dict[str, str] | None = None,
-        response_format: JsonSchemaFormat | None = None,
+        self, member: Member, text: str, options: CallOptions, *, parent_id: str
     ) -> Outcome:
-        """Ask a member: a model (through ``prompt``), or a nested topology (given ``text``).
+        """Ask a member: a model (through ``options``), or a nested topology (given ``text``).
 
-        A nested topology runs in a step span of its own and applies its own prompts.
+        A nested topology runs in a step span of its own, applies its own prompts, and is
+        bounded by ``options.timeout_s``.
         """
         if isinstance(member, ModelSpec):
-            reply = await self.ask(
-                member.name,
-                text,
-                prompt=prompt,
-                parent_id=parent_id,
-                max_tokens=max_tokens,
-                temperature=temperature,
-                timeout_s=timeout_s,
-                values=values,
-                response_format=response_format,
-            )
+            reply = await self.ask(member.name, text, options, parent_id=parent_id)
             return Outcome(text=reply.text, structured=reply.structured)
-        name = str(getattr(member, "name", type(member).__name__))
-        if name in self.agents and getattr(getattr(member, "host", None), "actor", False):
-            return await self._call_hosted(self.agents[name], text, parent_id, timeout_s)
-        with self.step(name, parent_id) as step_id:
-            call = run_pattern(member, text, self, step_id)
+        timeout_s = options.timeout_s
+        if member.host.actor and member.name in self.agents:
+            return await self._call_hosted(self.agents[member.name], text, parent_id, timeout_s)
+        runner = self.patterns.get(type(member))
+        if runner is None:
+            raise TopologyError(
+                f"no pattern runs a {type(member).__name__} in this context"
+                " (answer_task's contexts run every built-in pattern)"
+            )
+        with self.step(member.name, parent_id) as step_id:
+            call = runner(member, text, self, step_id)
             if timeout_s is None:
                 return await call
             try:
                 return await asyncio.wait_for(call, timeout_s)
             except TimeoutError:
                 raise DeadlineExceededError(
-                    f"member '{name}' did not answer within {timeout_s:g}s"
+                    f"member '{member.name}' did not answer within {timeout_s:g}s"
                 ) from None
 
     async def _call_hosted(
@@ -285,41 +261,30 @@ class RequestContext:
 
     async def gather(
         self,
-        members: Sequence[object],
+        members: Sequence[Member],
         text: str,
+        options: CallOptions,
         *,
-        prompt: PromptTemplate,
         parent_id: str,
         needed: int,
-        max_tokens: int = 256,
-        temperature: float = 0.0,
-        timeout_s: float | None = None,
         choices: Sequence[str] = (),
     ) -> tuple[MemberReply, ...]:
         """Ask every member at once; return every reply or failure, in member order.
 
-        Each member has ``timeout_s`` (and the request's deadline); a slow or failing member
-        becomes a reply with ``error`` set. Raises :class:`QuorumNotReachedError` when fewer
-        than ``needed`` members answered. With ``choices``, model members must answer
+        Each member has ``options.timeout_s`` (and the request's deadline); a slow or failing
+        member becomes a reply with ``error`` set. Raises :class:`QuorumNotReachedError` when
+        fewer than ``needed`` members answered. With ``choices``, model members must answer
         ``{"choice": <one of them>}`` (constrained decoding where the backend can), and the
         choice is their answer.
         """
-        response_format = choice_format(choices) if choices else None
+        if choices:
+            options = replace(options, output=choice_output(choices))
 
-        async def one(member: object) -> MemberReply:
-            name = str(getattr(member, "name", "member"))
+        async def one(member: Member) -> MemberReply:
+            name = member_name(member)
             start = time.time()
             try:
-                outcome = await self.call_member(
-                    member,
-                    text,
-                    prompt=prompt,
-                    parent_id=parent_id,
-                    max_tokens=max_tokens,
-                    temperature=temperature,
-                    timeout_s=timeout_s,
-                    response_format=response_format,
-                )
+                outcome = await self.call_member(member, text, options, parent_id=parent_id)
             except CantataError as exc:
                 return MemberReply(
                     member=name,

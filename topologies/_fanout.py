@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from cantata.agents import MemberReply
 
 from ._context import RequestContext
-from ._dispatch import register
 from ._outcome import Outcome
 from ._spec import FanoutSpec, ParallelSpec
 
@@ -19,17 +20,13 @@ async def ask_members(
     return await ctx.gather(
         spec.members,
         text,
-        prompt=spec.prompt,
+        replace(spec.call_options(), timeout_s=spec.member_timeout_s),
         parent_id=parent_id,
         needed=spec.needed(),
-        max_tokens=spec.max_tokens,
-        temperature=spec.temperature,
-        timeout_s=spec.member_timeout_s,
         choices=spec.choices,
     )
 
 
-@register(FanoutSpec)
 async def run_fanout(spec: FanoutSpec, text: str, ctx: RequestContext, parent_id: str) -> Outcome:
     """Ask all members in parallel; the text lists each answer (or failure) under its member."""
     replies = await ask_members(spec, text, ctx, parent_id)

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ._context import RequestContext
-from ._dispatch import register
 from ._outcome import Outcome
 from ._spec import PipelineSpec, member_name
 
 __all__ = ["run_pipeline"]
 
 
-@register(PipelineSpec)
 async def run_pipeline(
     spec: PipelineSpec, text: str, ctx: RequestContext, parent_id: str
 ) -> Outcome:
@@ -18,13 +18,6 @@ async def run_pipeline(
     current = Outcome(text=text)
     for index, stage in enumerate(spec.stages):
         with ctx.step(f"stage-{index + 1}:{member_name(stage.member)}", parent_id) as step_id:
-            current = await ctx.call_member(
-                stage.member,
-                current.text,
-                prompt=stage.prompt,
-                parent_id=step_id,
-                max_tokens=stage.max_tokens,
-                temperature=stage.temperature,
-                values={"original": text},
-            )
+            options = replace(stage.call_options(), values={"original": text})
+            current = await ctx.call_member(stage.member, current.text, options, parent_id=step_id)
     return current

@@ -14,6 +14,7 @@ The :class:`Planner` is a role agent: the pattern sends it a :class:`~cantata.ag
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 from cantata.agents import (
     Plan,
@@ -27,8 +28,8 @@ from cantata.agents import (
     handles,
 )
 
+from ._call_options import CallOptions
 from ._context import RequestContext, gather_all
-from ._dispatch import register
 from ._outcome import Outcome
 from ._plan import plan_schema, validate_plan
 from ._prompt import PromptTemplate
@@ -53,6 +54,9 @@ class Planner(Role):
                 ' "depends_on": []}]}.'
             )
         )
+        self.plan_options = CallOptions(
+            prompt=self.prompt, max_tokens=spec.plan_max_tokens, output=self.schema
+        )
 
     async def plan(self, request: str, ctx: RequestContext, parent_id: str) -> Plan:
         """A validated plan; one that fails validation is sent back with its problems."""
@@ -60,12 +64,7 @@ class Planner(Role):
         for attempt in range(self.spec.repair_attempts + 1):
             try:
                 reply = await ctx.ask(
-                    self.spec.planner.name,
-                    text,
-                    prompt=self.prompt,
-                    parent_id=parent_id,
-                    max_tokens=self.spec.plan_max_tokens,
-                    response_format=self.schema,
+                    self.spec.planner.name, text, self.plan_options, parent_id=parent_id
                 )
                 return validate_plan(reply.structured, self.spec.executors, self.spec.max_steps)
             except (PlanValidationError, StructuredOutputError) as exc:
@@ -85,15 +84,10 @@ class Planner(Role):
     ) -> str:
         """The final answer from the step results."""
         listing = "\n".join(f"[{r.step_id}] {r.text.strip()}" for r in results)
-        reply = await ctx.ask(
-            self.spec.planner.name,
-            listing,
-            prompt=self.spec.synthesis,
-            parent_id=parent_id,
-            max_tokens=self.spec.max_tokens,
-            temperature=self.spec.temperature,
-            values={"original": request},
+        options = replace(
+            self.spec.call_options(), prompt=self.spec.synthesis, values={"original": request}
         )
+        reply = await ctx.ask(self.spec.planner.name, listing, options, parent_id=parent_id)
         return reply.text
 
     @handles
@@ -129,12 +123,7 @@ async def _execute(
             )
         with ctx.step(f"step:{step.id}:{step.executor}", parent_id) as step_id:
             outcome = await ctx.call_member(
-                spec.executors[step.executor],
-                text,
-                prompt=spec.prompt,
-                parent_id=step_id,
-                max_tokens=spec.max_tokens,
-                temperature=spec.temperature,
+                spec.executors[step.executor], text, spec.call_options(), parent_id=step_id
             )
         result = StepResult(step_id=step.id, executor=step.executor, text=outcome.text)
         done[step.id].set_result(result)
@@ -143,7 +132,6 @@ async def _execute(
     return await gather_all(run(step) for step in plan.steps)
 
 
-@register(PlannerExecutorSpec)
 async def run_planner_executor(
     spec: PlannerExecutorSpec, text: str, ctx: RequestContext, parent_id: str
 ) -> Outcome:

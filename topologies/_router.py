@@ -14,6 +14,7 @@ subclass overrides. The pattern then picks the :class:`~cantata.agents.Route` wi
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import functools
 import math
@@ -35,8 +36,8 @@ from cantata.agents import (
     parse_output,
 )
 
+from ._call_options import CallOptions
 from ._context import RequestContext
-from ._dispatch import register
 from ._grouping import cosine
 from ._outcome import Outcome
 from ._prompt import PromptTemplate
@@ -76,12 +77,12 @@ def softmax(values: Sequence[float], temperature: float) -> list[float]:
     return [weight / total for weight in weights]
 
 
-class _Classifier(Role):
+class _Classifier(Role, abc.ABC):
     """A router's classifier: scores the labels of a :class:`~cantata.agents.RouteRequest`."""
 
+    @abc.abstractmethod
     async def classify(self, text: str, ctx: RequestContext, parent_id: str) -> Scores:
         """Every label's score for ``text``."""
-        raise NotImplementedError
 
     @handles
     async def on_route(self, request: RouteRequest, ctx: RequestContext) -> LabelScores:
@@ -179,17 +180,11 @@ class ModelRouter(_Classifier):
             system=f"{spec.instructions}\nLabels:\n{menu}\n"
             'Reply with JSON: {"label": "<label>", "confidence": <0 to 1>}.'
         )
+        self.options = CallOptions(prompt=self.prompt, max_tokens=48, output=self.schema)
 
     async def classify(self, text: str, ctx: RequestContext, parent_id: str) -> Scores:
         """The chosen label's confidence, and zero for the others."""
-        reply = await ctx.ask(
-            self.spec.model.name,
-            text,
-            prompt=self.prompt,
-            parent_id=parent_id,
-            max_tokens=48,
-            response_format=self.schema,
-        )
+        reply = await ctx.ask(self.spec.model.name, text, self.options, parent_id=parent_id)
         choice = parse_output(self.output_type, reply)
         # The narrowed type admits only the labels; checked again in case a subclass
         # replaced ``output_type``.
@@ -231,7 +226,6 @@ def route_key(spec: RouterSpec, route: Route) -> str:
     return spec.default if route.defaulted else route.label
 
 
-@register(RouterSpec)
 async def run_router(spec: RouterSpec, text: str, ctx: RequestContext, parent_id: str) -> Outcome:
     """Classify, pick the route, and let that member answer."""
     classifier = spec.classifier
@@ -246,12 +240,5 @@ async def run_router(spec: RouterSpec, text: str, ctx: RequestContext, parent_id
         route = choose(spec, scores)
         ctx.telemetry.routed(spec.name, route)
     target = spec.routes[route_key(spec, route)]
-    answer = await ctx.call_member(
-        target,
-        text,
-        prompt=spec.prompt,
-        parent_id=parent_id,
-        max_tokens=spec.max_tokens,
-        temperature=spec.temperature,
-    )
+    answer = await ctx.call_member(target, text, spec.call_options(), parent_id=parent_id)
     return answer.model_copy(update={"route": route})

@@ -7,22 +7,9 @@ from collections.abc import Mapping
 
 from cantata.agents import Budget, CantataError, Identity, Span, Task, Telemetry, new_id
 
-# Each pattern module registers its runner with _dispatch when imported.
-from . import (  # noqa: F401
-    _agent_node,
-    _consensus,
-    _fanout,
-    _pipeline,
-    _planner,
-    _router,
-    _single,
-    _supervisor,
-    _vote,
-    _weighted,
-)
 from ._code import Code
 from ._context import RequestContext
-from ._dispatch import run_pattern
+from ._patterns import PATTERNS
 from ._result import RunResult
 from ._runtime import AgentHandle, ModelHandle, Runtime
 from ._spec import TopologySpec
@@ -101,6 +88,7 @@ async def answer_task(
         )
     ctx = RequestContext(
         handles=dict(handles),
+        patterns=PATTERNS,
         agents=dict(agents or {}),
         code=code or Code(),
         roles=dict(roles or {}),
@@ -114,7 +102,7 @@ async def answer_task(
     root_id = ""
     try:
         with ctx.step(spec.name, task.parent_span_id) as root_id:
-            outcome = await run_pattern(spec, task.text, ctx, root_id)
+            outcome = await PATTERNS[type(spec)](spec, task.text, ctx, root_id)
     except CantataError as exc:
         exc.trace = _ordered(ctx.spans, root_id)
         ctx.telemetry.request_ended(

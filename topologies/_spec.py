@@ -27,6 +27,7 @@ from pydantic import (
 
 from cantata.agents import Frozen, Host, ModelSpec, Resources, TopologySpecError
 
+from ._call_options import CallOptions
 from ._prompt import PromptTemplate
 
 __all__ = [
@@ -98,6 +99,12 @@ class Generation(Frozen):
     prompt: PromptTemplate = Field(default_factory=PromptTemplate)
     max_tokens: PositiveInt = 256
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+
+    def call_options(self) -> CallOptions:
+        """These settings as the options of one member call."""
+        return CallOptions(
+            prompt=self.prompt, max_tokens=self.max_tokens, temperature=self.temperature
+        )
 
 
 class Placement(Frozen):

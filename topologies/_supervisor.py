@@ -34,8 +34,8 @@ from cantata.agents import (
     parse_output,
 )
 
+from ._call_options import CallOptions
 from ._context import RequestContext, gather_all
-from ._dispatch import register
 from ._outcome import Outcome
 from ._prompt import PromptTemplate
 from ._role import Role, reply_as, role_request
@@ -87,14 +87,12 @@ class Supervisor(Role):
     ) -> list[Assignment]:
         """This round's assignments; every worker named must exist."""
         text = request if not feedback else f"{request}\n\nFeedback on the last round: {feedback}"
-        reply = await ctx.ask(
-            self.spec.supervisor.name,
-            text,
+        options = CallOptions(
             prompt=self.assign_prompt,
-            parent_id=parent_id,
             max_tokens=self.spec.supervisor_max_tokens,
-            response_format=self.assign_schema,
+            output=self.assign_schema,
         )
+        reply = await ctx.ask(self.spec.supervisor.name, text, options, parent_id=parent_id)
         assignments = list(parse_output(self.assign_type, reply).assignments)
         # The narrowed type admits only these workers; checked again in case a subclass
         # replaced ``assign_type``.
@@ -111,15 +109,13 @@ class Supervisor(Role):
         self, request: str, results: str, ctx: RequestContext, parent_id: str
     ) -> Review:
         """Approve with an answer, or reject with feedback."""
-        reply = await ctx.ask(
-            self.spec.supervisor.name,
-            results,
+        options = CallOptions(
             prompt=self.review_prompt,
-            parent_id=parent_id,
             max_tokens=self.spec.supervisor_max_tokens,
-            response_format=self.review_schema,
+            output=self.review_schema,
             values={"original": request},
         )
+        reply = await ctx.ask(self.spec.supervisor.name, results, options, parent_id=parent_id)
         return parse_output(Review, reply)
 
     @handles
@@ -141,7 +137,6 @@ class Supervisor(Role):
         return await self.review(request.request, request.results, ctx, request.parent_span_id)
 
 
-@register(SupervisorWorkerSpec)
 async def run_supervisor_worker(
     spec: SupervisorWorkerSpec, text: str, ctx: RequestContext, parent_id: str
 ) -> Outcome:
@@ -164,10 +159,8 @@ async def run_supervisor_worker(
                     outcome = await ctx.call_member(
                         spec.workers[assignment.worker].member,
                         assignment.task,
-                        prompt=spec.prompt,
+                        spec.call_options(),
                         parent_id=worker_id,
-                        max_tokens=spec.max_tokens,
-                        temperature=spec.temperature,
                     )
                 return f"[{assignment.worker}] {assignment.task}\n{outcome.text.strip()}"
 

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from cantata.agents import Ballot, BallotGroup, Decision, MemberReply, TallyRequest, handles
 
 from ._context import RequestContext
-from ._dispatch import register
 from ._fanout import ask_members
 from ._grouping import AnswerGroup, group_answers
 from ._outcome import Outcome
@@ -86,7 +85,6 @@ async def tally(
     return reply_as(Decision, await voter.handle(request, ctx), voter)
 
 
-@register(VoteSpec)
 async def run_vote(spec: VoteSpec, text: str, ctx: RequestContext, parent_id: str) -> Outcome:
     """Members answer in parallel; the largest group of equal answers wins."""
     replies = await ask_members(spec, text, ctx, parent_id)

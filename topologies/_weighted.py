@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Annotated
 
 from pydantic import Field
@@ -25,8 +26,8 @@ from cantata.agents import (
     parse_output,
 )
 
+from ._call_options import CallOptions
 from ._context import RequestContext, gather_all
-from ._dispatch import register
 from ._grouping import group_answers
 from ._outcome import Outcome
 from ._prompt import PromptTemplate
@@ -59,18 +60,12 @@ class Judge(Role):
             + ' Reply with JSON: {"score": <integer>}.',
             user="Question: {original}\n\nAnswer: {input}",
         )
+        self.options = CallOptions(prompt=self.prompt, max_tokens=16, output=self.schema)
 
     async def score(self, question: str, answer: str, ctx: RequestContext, parent_id: str) -> float:
         """The answer's score in [0, 1]."""
-        reply = await ctx.ask(
-            self.spec.model.name,
-            answer,
-            prompt=self.prompt,
-            parent_id=parent_id,
-            max_tokens=16,
-            response_format=self.schema,
-            values={"original": question},
-        )
+        options = replace(self.options, values={"original": question})
+        reply = await ctx.ask(self.spec.model.name, answer, options, parent_id=parent_id)
         return parse_output(self.output_type, reply).score / self.spec.scale
 
     @handles
@@ -100,7 +95,6 @@ async def _scores(
     return await gather_all(score(ballot.answer) for ballot in ballots)
 
 
-@register(WeightedEnsembleSpec)
 async def run_weighted_ensemble(
     spec: WeightedEnsembleSpec, text: str, ctx: RequestContext, parent_id: str
 ) -> Outcome:
@@ -109,12 +103,9 @@ async def run_weighted_ensemble(
     replies = await ctx.gather(
         members,
         text,
-        prompt=spec.prompt,
+        replace(spec.call_options(), timeout_s=spec.member_timeout_s),
         parent_id=parent_id,
         needed=spec.needed(),
-        max_tokens=spec.max_tokens,
-        temperature=spec.temperature,
-        timeout_s=spec.member_timeout_s,
     )
     weights = {member_name(w.member): w.weight for w in spec.members}
     ballots = ballots_from(replies, [weights[reply.member] for reply in replies])

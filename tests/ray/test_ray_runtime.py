@@ -19,7 +19,8 @@ from cantata.agents import (
     Resources,
     UnschedulableError,
 )
-from cantata.cluster import RayModelHandle, RayRuntime, ReplicaSet
+from cantata.cluster import RayModelHandle, RayRuntime
+from cantata.cluster._replicas import ReplicaSet
 from cantata.topologies import SingleSpec, run_topology
 
 pytestmark = pytest.mark.ray

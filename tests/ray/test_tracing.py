@@ -7,7 +7,8 @@ import asyncio
 import pytest
 
 from cantata.agents import FunctionConfig, ModelRequest, ModelSpec, Resources
-from cantata.cluster import Observability, RayRuntime, current_identity
+from cantata.cluster import Observability, RayRuntime
+from cantata.cluster._connection import current_identity
 from cantata.topologies import ConsensusSpec, Label, ModelClassifier, RouterSpec, run_topology
 from tests.support.otlp_receiver import OtlpReceiver
 

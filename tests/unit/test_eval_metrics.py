@@ -13,12 +13,12 @@ from cantata.topologies import (
     Label,
     LatencyStats,
     RouterSpec,
-    fit_default_precision,
-    fit_threshold,
     percentile,
 )
 from cantata.topologies._eval_metrics import (
     candidate_thresholds,
+    fit_default_precision,
+    fit_threshold,
     replay_routes,
     threshold_curve,
 )

@@ -6,7 +6,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from cantata.agents import BudgetExceededError, BudgetExhaustedError, Span, Telemetry
-from cantata.cluster import CostLedger, SpendingGuard
+from cantata.cluster._ledger import CostLedger
+from cantata.cluster._spending import SpendingGuard
 from cantata.topologies import DeploymentBudget
 
 

@@ -18,8 +18,8 @@ from cantata.agents import (
     PlanValidationError,
     Span,
     StructuredOutputError,
-    parse_structured,
 )
+from cantata.agents._structured import parse_structured
 from cantata.topologies import (
     InProcessRuntime,
     PlannerExecutorSpec,

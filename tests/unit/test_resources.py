@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from cantata.agents import Resources, UnschedulableError, parse_bytes
+from cantata.agents import Resources, UnschedulableError
+from cantata.agents._resources import parse_bytes
 from cantata.cluster import actor_options, check_feasible, placement_bundle
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
@@ -17,14 +18,17 @@ from cantata.agents import (
     TopologySpecError,
 )
 from cantata.topologies import (
+    CallOptions,
     InProcessRuntime,
     PromptTemplate,
     RequestContext,
     SingleSpec,
+    TopologySpec,
     load_topology,
     parse_topology,
     run_topology,
 )
+from cantata.topologies._patterns import PATTERNS
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -136,10 +140,10 @@ async def test_spent_budget_stops_the_next_model_call():
     runtime = InProcessRuntime()
     handles = await runtime.start_models([ModelSpec(name="m", backend=FunctionConfig(fn=model))])
     ctx = RequestContext(handles=handles, budget=Budget(tokens=4))
-    await ctx.ask("m", "first", prompt=PromptTemplate(), parent_id="root")
+    await ctx.ask("m", "first", CallOptions(), parent_id="root")
     assert ctx.budget.exhausted
     with pytest.raises(BudgetExhaustedError):
-        await ctx.ask("m", "second", prompt=PromptTemplate(), parent_id="root")
+        await ctx.ask("m", "second", CallOptions(), parent_id="root")
     assert calls == ["first"]
     assert ctx.usage.total_tokens == 4
 
@@ -158,3 +162,8 @@ def test_api_key_read_from_a_file_loses_its_trailing_newline(monkeypatch):
     config = OpenAIConfig(base_url="http://127.0.0.1:9/v1", model="m", api_key_env="TEST_LLM_KEY")
     assert config.api_key is not None
     assert config.api_key.get_secret_value() == "sk-from-a-file"
+
+
+def test_every_spec_in_the_union_has_a_runner():
+    union = get_args(get_args(TopologySpec)[0])
+    assert set(union) == set(PATTERNS)
