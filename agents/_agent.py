@@ -142,9 +142,13 @@ class Agent:
     async def handle(self, message: object, ctx: AgentContext) -> BaseModel:
         """Validate ``message`` and run its handler; an unknown message type is refused."""
         message_type = self._type_of(message)
-        validated = accept(message, message_type)
+        return await self._dispatch(accept(message, message_type), message_type, ctx)
+
+    async def _dispatch(
+        self, message: BaseModel, message_type: type[BaseModel], ctx: AgentContext
+    ) -> BaseModel:
         handler = getattr(self, self._handlers[message_type])
-        reply = await handler(validated, ctx)
+        reply = await handler(message, ctx)
         if not isinstance(reply, BaseModel):
             raise InvalidMessageError(
                 f"{type(self).__name__}.{self._handlers[message_type]} returned a"

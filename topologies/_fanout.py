@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from cantata.agents import MemberReply
 
 from ._context import RequestContext
@@ -20,7 +18,7 @@ async def ask_members(
     return await ctx.gather(
         spec.members,
         text,
-        replace(spec.call_options(), timeout_s=spec.member_timeout_s),
+        spec.call_options(timeout_s=spec.member_timeout_s),
         parent_id=parent_id,
         needed=spec.needed(),
         choices=spec.choices,

@@ -27,10 +27,18 @@ class Role(Agent):
     """An agent whose handlers take the pattern's :class:`RequestContext` as their context."""
 
     async def handle(self, message: object, ctx: AgentContext | RequestContext) -> BaseModel:
-        """Validate ``message`` and run its handler with ``ctx``; an unknown type is refused."""
+        """Run ``message``'s handler with ``ctx``; an unknown type is refused.
+
+        Roles take requests only from the patterns in their own process, built (and so
+        validated) by :func:`role_request`; such an instance is not validated a second time.
+        A dict or JSON is validated as :meth:`Agent.handle` does.
+        """
         # Agent.handle only hands ctx on to the handler, and role handlers are annotated with
         # the context they use, so widening it here is the one place the types need help.
-        return await super().handle(message, cast(AgentContext, ctx))
+        agent_ctx = cast(AgentContext, ctx)
+        if isinstance(message, RoleRequest):
+            return await self._dispatch(message, self._type_of(message), agent_ctx)
+        return await super().handle(message, agent_ctx)
 
 
 def role_request(cls: type[Q], ctx: RequestContext, parent_id: str, **fields: Any) -> Q:

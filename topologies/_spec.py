@@ -100,10 +100,13 @@ class Generation(Frozen):
     max_tokens: PositiveInt = 256
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
 
-    def call_options(self) -> CallOptions:
-        """These settings as the options of one member call."""
+    def call_options(self, *, timeout_s: float | None = None) -> CallOptions:
+        """These settings as the options of one member call, bounded by ``timeout_s``."""
         return CallOptions(
-            prompt=self.prompt, max_tokens=self.max_tokens, temperature=self.temperature
+            prompt=self.prompt,
+            max_tokens=self.max_tokens,
+            temperature=self.temperature,
+            timeout_s=timeout_s,
         )
 
 

@@ -103,7 +103,7 @@ async def run_weighted_ensemble(
     replies = await ctx.gather(
         members,
         text,
-        replace(spec.call_options(), timeout_s=spec.member_timeout_s),
+        spec.call_options(timeout_s=spec.member_timeout_s),
         parent_id=parent_id,
         needed=spec.needed(),
     )
