@@ -10,9 +10,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Annotated
-
-from pydantic import Field
+from typing import Literal
 
 from cantata.agents import (
     AnswerScore,
@@ -40,8 +38,13 @@ __all__ = ["Judge", "judge_score_type", "run_weighted_ensemble"]
 
 @functools.lru_cache(maxsize=64)
 def judge_score_type(scale: int) -> type[JudgeScore]:
-    """:class:`~cantata.agents.JudgeScore` narrowed to scores from 0 to ``scale``."""
-    return narrow(JudgeScore, score=Annotated[int, Field(ge=0, le=scale)])
+    """:class:`~cantata.agents.JudgeScore` narrowed to scores from 0 to ``scale``.
+
+    The scores are an enum, not a range: llama.cpp's grammar from a JSON schema ignores
+    ``minimum`` and ``maximum``, and a judge allowed any integer once wrote 100000000000.
+    """
+    scores = Literal.__getitem__(tuple(range(scale + 1)))
+    return narrow(JudgeScore, score=scores)
 
 
 class Judge(Role):

@@ -239,7 +239,7 @@ def test_ranges_and_enums_carry_over():
         "confidence": {"type": "number", "minimum": 0.0, "maximum": 1.0},
     }
     score = output_format(judge_score_type(4), name="score").json_schema["properties"]
-    assert score == {"score": {"type": "integer", "minimum": 0, "maximum": 4}}
+    assert score == {"score": {"type": "integer", "enum": [0, 1, 2, 3, 4]}}
     choice = choice_output(["b", "a", "b"]).json_schema
     assert choice == {
         "type": "object",
