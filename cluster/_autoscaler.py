@@ -94,7 +94,7 @@ class Autoscaler:
     async def _scale(self, group: Group, load: float, current: int, wanted: int) -> None:
         direction = "up" if wanted > current else "down"
         outcome: Literal["scaled", "refused"] = "scaled"
-        detail = None
+        detail = ""
         try:
             _, after = await self.fleet.scale(group.name, wanted, self.start_timeout_s)
         except CantataError as exc:
