@@ -12,8 +12,8 @@ instead of trusting them.
 
 from __future__ import annotations
 
+import random
 import time
-import uuid
 from typing import Annotated, Literal, TypeVar
 
 from pydantic import (
@@ -51,8 +51,13 @@ __all__ = [
 
 
 def new_id() -> str:
-    """A fresh random 128-bit id as 32 hex characters (the trace and span id format)."""
-    return uuid.uuid4().hex
+    """A fresh random 128-bit id as 32 hex characters (the trace and span id format).
+
+    Ids tell requests and spans apart; they are not secrets, so they come from ``random``
+    (as OpenTelemetry's own id generator does), not from a system call per id as ``uuid4``.
+    Python reseeds ``random`` in a forked child, so processes do not repeat each other's ids.
+    """
+    return f"{random.getrandbits(128):032x}"
 
 
 class Frozen(BaseModel):

@@ -90,7 +90,7 @@ class Deployment:
     async def acall(self, text: str) -> RunResult:
         """Answer ``text`` with the deployed topology (from async code)."""
         balancer = self._balancer()
-        return await balancer.balanced(lambda handle: handle.call(text), retry=self._retry)
+        return await balancer.balanced(RayAgentHandle.call, text, retry=self._retry)
 
     def status(self) -> DeploymentStatus:
         """Every model's and agent actor's replicas, where they run, their health and load."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import ray
+
 from cantata.agents import (
     EmbedReply,
     EmbedRequest,
@@ -97,17 +99,31 @@ class RayModelHandle(ModelHandle):
         """The Ray actor id (hex)."""
         return _actor_id(self.actor)
 
-    async def _call(self, ref: Any) -> Any:
-        return await _hosting.call(
-            ref, f"the call to '{self.spec.name}'", model=self.spec.name, actor_id=self.actor_id
+    def _error(self, exc: ray.exceptions.RayError) -> Exception:
+        return _hosting.translate(
+            exc, f"the call to '{self.spec.name}'", model=self.spec.name, actor_id=self.actor_id
         )
 
+    async def _call(self, ref: Any) -> Any:
+        try:
+            return await ref
+        except ray.exceptions.RayError as exc:
+            raise self._error(exc) from None
+
+    # complete and embed are every model call's path: they await the actor here, without a
+    # helper coroutine, and word an error only when there is one.
     async def complete(self, request: ModelRequest) -> ModelReply:
-        reply: ModelReply = await self._call(self.actor.complete.remote(request))
+        try:
+            reply: ModelReply = await self.actor.complete.remote(request)
+        except ray.exceptions.RayError as exc:
+            raise self._error(exc) from None
         return reply
 
     async def embed(self, request: EmbedRequest) -> EmbedReply:
-        reply: EmbedReply = await self._call(self.actor.embed.remote(request))
+        try:
+            reply: EmbedReply = await self.actor.embed.remote(request)
+        except ray.exceptions.RayError as exc:
+            raise self._error(exc) from None
         return reply
 
     async def health(self) -> Health:
