@@ -98,6 +98,7 @@ from ._roles import (
     TallyRequest,
 )
 from ._scaling import Autoscaling, Host
+from ._secrets import register_secret, scrub, scrub_json
 from ._telemetry import RefusalReason, Telemetry, TelemetryGroup
 
 __all__ = [
@@ -197,4 +198,7 @@ __all__ = [
     "one_of",
     "output_format",
     "parse_output",
+    "register_secret",
+    "scrub",
+    "scrub_json",
 ]

@@ -17,6 +17,7 @@ import structlog
 from pydantic import Field
 
 from ._messages import Frozen
+from ._secrets import scrub
 
 __all__ = ["LogConfig", "bound", "configure_logging"]
 
@@ -38,11 +39,18 @@ class LogConfig(Frozen):
 def configure_logging(config: LogConfig | None = None) -> None:
     """Configure structlog for this process: stderr, the chosen renderer and level."""
     config = config or LogConfig()
-    renderer: structlog.typing.Processor
+    format_line: structlog.typing.Processor
     if config.format == "json":
-        renderer = structlog.processors.JSONRenderer()
+        format_line = structlog.processors.JSONRenderer()
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=False)
+        format_line = structlog.dev.ConsoleRenderer(colors=False)
+
+    def renderer(
+        logger: structlog.typing.WrappedLogger, name: str, event: structlog.typing.EventDict
+    ) -> str:
+        # Fields may hold text from a server or a model; no configured key is ever printed.
+        return scrub(str(format_line(logger, name, event)))
+
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -17,6 +17,7 @@ from pydantic import Field, NonNegativeFloat, PositiveInt, SecretStr, model_vali
 from ._messages import Frozen
 from ._resources import Resources
 from ._scaling import Autoscaling
+from ._secrets import register_secret
 from .backends import (
     EmbeddingBackend,
     FunctionBackend,
@@ -100,6 +101,7 @@ class _HttpConfig(Frozen):
             value = os.environ.get(self.api_key_env, "").strip()
             if value:
                 object.__setattr__(self, "api_key", SecretStr(value))
+        register_secret(self.api_key)  # this process scrubs it from logs and server text
         return self
 
 

@@ -33,7 +33,7 @@ from urllib.parse import unquote, urlsplit
 import structlog
 from pydantic import ConfigDict, Field, SecretStr, field_validator
 
-from cantata.agents import Frozen, Span, Telemetry, TopologySpecError
+from cantata.agents import Frozen, Span, Telemetry, TopologySpecError, register_secret
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.resources import Resource
@@ -118,6 +118,7 @@ class OtlpConfig(Frozen):
                 raise ValueError("a header name is not an HTTP token")
             if any(ch in secret.get_secret_value() for ch in "\r\n\0"):
                 raise ValueError(f"the value of header {name!r} holds a line break")
+            register_secret(secret)  # a collector token: scrubbed from logs like an API key
         return {name.lower(): secret for name, secret in value.items()}
 
     @classmethod

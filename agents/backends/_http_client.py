@@ -2,7 +2,8 @@
 
 Both HTTP backends (chat and embeddings) use :class:`JsonPoster`. httpx's exceptions stop here and
 become Cantata's typed errors; the API key lives in a :class:`~pydantic.SecretStr`, goes only into
-the ``Authorization`` header, and is scrubbed from any server text quoted in an error.
+the ``Authorization`` header, and is scrubbed (with every other key this process holds) from
+everything a server answers, as it arrives: see :mod:`cantata.agents._secrets`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from .._errors import (
     RequestRejectedError,
     ServerError,
 )
+from .._secrets import register_secret, scrub, scrub_json
 from ._http_config import Limits, RetryPolicy, Timeout
 
 __all__ = ["JsonPoster"]
@@ -53,6 +55,7 @@ class JsonPoster:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key
+        register_secret(api_key)
         self.model = model
         self.timeout = timeout
         self.limits = limits
@@ -94,15 +97,6 @@ class JsonPoster:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
-
-    def _scrub(self, text: str) -> str:
-        if self._api_key is not None:
-            secret = self._api_key.get_secret_value()
-            # The bare key too: messages often quote it escaped or without its whitespace.
-            for form in sorted({secret, secret.strip()}, key=len, reverse=True):
-                if form:
-                    text = text.replace(form, "**********")
-        return text
 
     async def post(self, path: str, payload: dict[str, Any], *, deadline: float | None) -> Any:
         """POST ``payload`` and return the decoded JSON body, retrying per the policy."""
@@ -197,18 +191,21 @@ class JsonPoster:
 
     def _excerpt(self, body: bytes) -> str:
         # Scrub before cutting: a key straddling the cut would otherwise leak its first part.
-        return self._scrub(body.decode("utf-8", "replace"))[:_BODY_EXCERPT]
+        return scrub(body.decode("utf-8", "replace"))[:_BODY_EXCERPT]
 
     def _decode(self, url: str, body: bytes, attempt: int) -> Any:
         try:
-            return json.loads(body)
+            # Scrubbed here, as it enters: any field (model, usage, the text) may echo the key.
+            return scrub_json(json.loads(body))
         except (json.JSONDecodeError, UnicodeDecodeError):
-            excerpt = self._excerpt(body)
-            raise MalformedResponseError(
-                f"{url} answered with a body that is not JSON: {excerpt!r}",
-                model=self.model,
-                attempts=attempt,
-            ) from None
+            problem = "a body that is not JSON"
+        except RecursionError:
+            problem = "JSON nested too deep to read"
+        raise MalformedResponseError(
+            f"{url} answered with {problem}: {self._excerpt(body)!r}",
+            model=self.model,
+            attempts=attempt,
+        )
 
     def _status_error(self, url: str, status: int, body: bytes, attempt: int) -> BackendHTTPError:
         excerpt = self._excerpt(body)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -11,6 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from tests.support.http_server import Reply, ScriptedServer
 
 pytestmark = pytest.mark.model
 
@@ -154,6 +157,72 @@ def test_api_key_never_reaches_output_logs_or_errors(tmp_path):
     # asynchronously, so their arrival is not asserted. The in-process tests check them.
     assert SECRET not in done.stdout
     assert SECRET not in done.stderr
+
+
+def _ray_sessions() -> set[Path]:
+    return set(Path("/tmp/ray").glob("session_2*"))
+
+
+def _files_holding(secret: str, sessions: set[Path]) -> list[str]:
+    found = []
+    for session in sessions:
+        for path in session.rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                with contextlib.suppress(OSError):
+                    if secret.encode() in path.read_bytes():
+                        found.append(str(path))
+    return found
+
+
+@pytest.mark.parametrize(
+    ("field", "flags"),
+    [
+        ("model", ()),  # a good answer: the readable summary names the model
+        ("model", ("--json", "--trace")),  # the trace's spans carry the model too
+        ("prompt_tokens", ("--json",)),  # a bad answer: the error quotes the value
+    ],
+)
+def test_a_server_echoing_the_key_in_its_answer_never_gets_it_printed(tmp_path, field, flags):
+    body = {
+        "id": "chatcmpl-1",
+        "model": "served-model",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "echo: {authorization}"},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 2},
+    }
+    if field == "model":
+        body["model"] = "{authorization}"
+    else:
+        body["usage"]["prompt_tokens"] = "{authorization}"
+    topology = tmp_path / "echo.yaml"
+    with ScriptedServer(Reply(json=body, echo_authorization=True)) as server:
+        topology.write_text(
+            "pattern: single\nname: echo\n"
+            "model:\n  name: gpt\n  backend:\n    type: openai\n"
+            f"    base_url: {server.url}\n    model: gpt-x\n    api_key_env: CANTATA_TEST_KEY\n"
+        )
+        before = _ray_sessions()
+        done = cantata(
+            "run", str(topology), "--input", "hi", "--log-level", "debug", *flags,
+            env={"CANTATA_TEST_KEY": SECRET},
+        )  # fmt: skip
+        requests = server.requests
+    assert requests
+    assert requests[0].headers["authorization"] == f"Bearer {SECRET}"
+    if field == "model":
+        assert done.returncode == 0, done.stderr
+        assert "Bearer **********" in done.stdout + done.stderr  # quoted, scrubbed
+    else:
+        assert done.returncode == 1
+        assert json.loads(done.stdout)["error"]["type"] == "MalformedResponseError"
+    assert SECRET not in done.stdout
+    assert SECRET not in done.stderr
+    assert _files_holding(SECRET, _ray_sessions() - before) == []
 
 
 def test_invalid_topology_exits_2_with_the_problem():

@@ -34,7 +34,9 @@ class Reply:
 
     ``json`` is serialized as the body (with ``Content-Type: application/json``) unless ``body``
     gives raw bytes. ``delay`` sleeps before answering. ``truncate`` advertises a Content-Length
-    larger than the body, sends the body, then closes the connection.
+    larger than the body, sends the body, then closes the connection. ``echo_authorization``
+    makes it a careless server that quotes the request's ``Authorization`` header wherever the
+    body says ``{authorization}``.
     """
 
     status: int = 200
@@ -43,6 +45,7 @@ class Reply:
     headers: Mapping[str, str] = field(default_factory=dict)
     delay: float = 0.0
     truncate: bool = False
+    echo_authorization: bool = False
 
     def payload(self) -> tuple[bytes, str]:
         """The body bytes and their content type."""
@@ -114,6 +117,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         data, content_type = reply.payload()
+        if reply.echo_authorization:
+            data = data.replace(b"{authorization}", headers.get("authorization", "").encode())
         try:
             self.send_response(reply.status)
             self.send_header("Content-Type", content_type)

@@ -27,12 +27,15 @@ from cantata.agents import (
     DeadlineExceededError,
     EndpointUnreachableError,
     JsonSchemaFormat,
+    LogConfig,
     MalformedResponseError,
     ModelRequest,
     RateLimitedError,
     RequestRejectedError,
     ServerError,
+    configure_logging,
 )
+from cantata.agents._secrets import register_secret
 from cantata.agents.backends import (
     Completion,
     OpenAIChatBackend,
@@ -688,6 +691,69 @@ async def test_retry_logs_do_not_contain_the_key(
     assert any(entry.get("event") == "retrying" for entry in logs)  # the retry was logged...
     for entry in logs:
         assert KEY not in repr(entry)  # ...without the key
+
+
+async def test_key_echoed_in_any_field_of_a_good_answer_is_scrubbed(
+    server: ScriptedServer, make_chat: Callable[..., OpenAIChatBackend]
+) -> None:
+    # A server that quotes the request's Authorization header in a successful answer.
+    echo = f"Bearer {KEY}"
+    server.always(Reply(json=chat_body(text=f"your header was {echo}", model=echo)))
+
+    completion = await make_chat(api_key=KEY).complete(request())
+
+    assert completion.text == "your header was Bearer **********"
+    assert completion.model == "Bearer **********"
+    assert KEY not in repr(completion)
+
+
+async def test_key_echoed_where_a_number_belongs_is_scrubbed_from_the_error(
+    server: ScriptedServer, make_chat: Callable[..., OpenAIChatBackend]
+) -> None:
+    body = chat_body()
+    body["usage"]["prompt_tokens"] = f"Bearer {KEY}"
+    server.always(Reply(json=body))
+
+    with pytest.raises(MalformedResponseError) as info:
+        await make_chat(api_key=KEY).complete(request())
+
+    assert "Bearer **********" in str(info.value)  # the bad value is still quoted...
+    assert KEY not in str(info.value)  # ...without the key
+
+
+async def test_every_configured_key_is_scrubbed_not_only_the_backends_own(
+    server: ScriptedServer, make_chat: Callable[..., OpenAIChatBackend]
+) -> None:
+    other_key = "sk-other-backend-KEY"
+    make_chat(api_key=other_key)  # another model of the topology, with its own key
+    server.always(Reply(json=chat_body(text=f"leaked {other_key}")))
+
+    completion = await make_chat().complete(request())
+
+    assert completion.text == "leaked **********"
+
+
+async def test_json_nested_too_deep_is_a_malformed_response(
+    server: ScriptedServer, make_chat: Callable[..., OpenAIChatBackend]
+) -> None:
+    server.always(Reply(body=b"[" * 200_000 + b"]" * 200_000))
+
+    with pytest.raises(MalformedResponseError, match="nested too deep"):
+        await make_chat().complete(request())
+
+
+def test_log_lines_never_print_a_configured_key() -> None:
+    register_secret(KEY)
+    saved = structlog.get_config()
+    try:
+        for fmt in ("json", "console"):
+            configure_logging(LogConfig(format=fmt))
+            render = structlog.get_config()["processors"][-1]
+            line = render(None, "warning", {"event": "upstream said", "detail": f"key={KEY}"})
+            assert "upstream said" in line
+            assert KEY not in line
+    finally:
+        structlog.configure(**saved)
 
 
 # -- 10. deadline -----------------------------------------------------------------------------

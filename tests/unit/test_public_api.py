@@ -109,6 +109,9 @@ PUBLIC_API = {
         "one_of",
         "output_format",
         "parse_output",
+        "register_secret",
+        "scrub",
+        "scrub_json",
     ],
     "cantata.agents.backends": [
         "Completion",
