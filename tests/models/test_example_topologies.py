@@ -91,7 +91,7 @@ def test_example_runs_and_keeps_the_result_contract(name):
 
     assert result["text"].strip()
     assert result["usage"]["input_tokens"] > 0
-    assert result["usage"]["output_tokens"] >= 0
+    assert result["usage"]["output_tokens"] > 0  # the answer above was generated, not empty
     assert result["latency_ms"] > 0
     assert pattern_fields <= result.keys()
 

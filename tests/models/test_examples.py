@@ -56,5 +56,5 @@ def test_custom_executor_example_computes_with_the_calculator():
     out = run_example("custom_executor.py", "What is 17 * 23 + 4?")
     assert "answer: " in out
     calculator_lines = [line for line in out.splitlines() if "[calculator] ->" in line]
-    for line in calculator_lines:  # the plan decides how often the calculator is used
-        assert "=" in line or "no arithmetic" in line
+    # SmolLM2 (seed 0) hands the arithmetic to the calculator, which evaluates it exactly.
+    assert any(line.endswith("17 * 23 + 4 = 395") for line in calculator_lines), out

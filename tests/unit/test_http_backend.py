@@ -21,9 +21,7 @@ import structlog.testing
 
 from cantata.agents import (
     BackendError,
-    BackendHTTPError,
     BackendTimeoutError,
-    CantataError,
     DeadlineExceededError,
     EndpointUnreachableError,
     JsonSchemaFormat,
@@ -347,7 +345,7 @@ async def test_429_every_time_raises_rate_limited_after_max_attempts(
     assert info.value.status_code == 429
     assert info.value.attempts == FAST.max_attempts
     assert info.value.model == MODEL
-    assert isinstance(info.value, BackendHTTPError)
+    assert f"HTTP 429 after {FAST.max_attempts} attempt(s)" in str(info.value)
     assert len(server.requests) == FAST.max_attempts
 
 
@@ -604,10 +602,10 @@ async def test_json_without_a_completion_is_malformed(
 ) -> None:
     server.always(Reply(json=payload))
 
-    with pytest.raises(MalformedResponseError) as info:
+    with pytest.raises(MalformedResponseError, match="answered JSON without a completion") as info:
         await make_chat().complete(request())
 
-    assert isinstance(info.value, BackendError)
+    assert info.value.model == MODEL
     assert len(server.requests) == 1
 
 
@@ -764,10 +762,9 @@ async def test_passed_deadline_sends_nothing(
 ) -> None:
     server.always(OK)
 
-    with pytest.raises(DeadlineExceededError) as info:
+    with pytest.raises(DeadlineExceededError, match="deadline passed before attempt 1"):
         await make_chat().complete(request(deadline=time.time() - 1))
 
-    assert isinstance(info.value, CantataError)
     assert server.requests == []
 
 

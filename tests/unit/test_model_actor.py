@@ -115,13 +115,24 @@ async def test_deadline_passed_before_the_call_is_rejected():
 
 
 async def test_deadline_reached_during_the_call_cancels_it():
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
     async def slow(request):
-        await asyncio.sleep(5)
+        started.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
         return "too late"
 
     actor = actor_for(slow)
+    # A second is far more than a loaded machine needs to start the call, so the deadline
+    # always falls during it, never before.
     with pytest.raises(DeadlineExceededError, match="during the call"):
-        await actor.complete(ModelRequest.from_prompt("x", deadline=time.time() + 0.05))
+        await actor.complete(ModelRequest.from_prompt("x", deadline=time.time() + 1.0))
+    assert started.is_set()
+    assert cancelled.is_set()  # the backend's work was cancelled, not left running
     assert (await actor.health()).in_flight == 0
 
 
