@@ -99,6 +99,7 @@ from ._roles import (
 )
 from ._scaling import Autoscaling, Host
 from ._secrets import register_secret, scrub, scrub_json
+from ._structured import excerpt
 from ._telemetry import RefusalReason, Telemetry, TelemetryGroup
 
 __all__ = [
@@ -192,6 +193,7 @@ __all__ = [
     "choice_output",
     "choice_type",
     "configure_logging",
+    "excerpt",
     "handles",
     "narrow",
     "new_id",

@@ -11,16 +11,43 @@ from pydantic import JsonValue
 from ._errors import StructuredOutputError
 from ._messages import JsonSchemaFormat
 
-__all__ = ["parse_structured"]
+__all__ = ["MAX_STRUCTURED_CHARS", "excerpt", "parse_structured"]
+
+MAX_STRUCTURED_CHARS = 100_000
+"""The longest structured reply read. Model output is untrusted: a 10,000-step plan must fail
+at once, not after parsing, validating and quoting all of it."""
+
+_QUOTE_CHARS = 300
+
+
+def excerpt(text: str, limit: int = _QUOTE_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was left out: for quoting model
+    output (or a message that embeds it) in an error, a log line or a repair prompt."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text) - limit} more characters)"
 
 
 def parse_structured(text: str, fmt: JsonSchemaFormat, *, model: str) -> JsonValue:
     """The JSON value in ``text``, checked against ``fmt``; never eval'd, never trusted."""
+    if len(text) > MAX_STRUCTURED_CHARS:
+        raise StructuredOutputError(
+            f"{model} answered {len(text)} characters for '{fmt.name}';"
+            f" at most {MAX_STRUCTURED_CHARS} are read",
+            text=text[:MAX_STRUCTURED_CHARS],
+            model=model,
+        )
     try:
         value: JsonValue = json.loads(text)
     except json.JSONDecodeError as exc:
         raise StructuredOutputError(
             f"{model} did not answer with JSON for '{fmt.name}': {exc.msg} at char {exc.pos}",
+            text=text,
+            model=model,
+        ) from None
+    except RecursionError:
+        raise StructuredOutputError(
+            f"{model} answered JSON nested too deep to read for '{fmt.name}'",
             text=text,
             model=model,
         ) from None
@@ -33,8 +60,10 @@ def parse_structured(text: str, fmt: JsonSchemaFormat, *, model: str) -> JsonVal
     error = jsonschema.exceptions.best_match(validator.iter_errors(value))
     if error is not None:
         where = "/".join(str(part) for part in error.absolute_path) or "<root>"
+        # jsonschema's messages quote the offending value, which may be all of the reply.
         raise StructuredOutputError(
-            f"{model}'s JSON does not match '{fmt.name}' at {where}: {error.message}",
+            f"{model}'s JSON does not match '{fmt.name}' at {excerpt(where, 100)}:"
+            f" {excerpt(error.message)}",
             text=text,
             model=model,
         )

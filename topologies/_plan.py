@@ -8,8 +8,9 @@ untrusted: step ids, executor types against the allow-list, dependencies, cycles
 from __future__ import annotations
 
 import functools
+from collections import Counter
 from collections.abc import Collection
-from typing import Annotated, Any, Union
+from typing import Annotated, Any, NoReturn, Union
 
 from pydantic import Field, JsonValue, ValidationError
 
@@ -18,6 +19,7 @@ from cantata.agents import (
     Plan,
     PlanStep,
     PlanValidationError,
+    excerpt,
     narrow,
     one_of,
     output_format,
@@ -70,47 +72,69 @@ def _step_type(position: int, executors: tuple[str, ...]) -> type[PlanStep]:
     )
 
 
+_LISTED = 10  # problems named in a rejection; the rest are counted
+
+
 def validate_plan(data: JsonValue, executors: Collection[str], max_steps: int) -> Plan:
-    """A :class:`Plan` from untrusted JSON, or a :class:`PlanValidationError` listing problems."""
+    """A :class:`Plan` from untrusted JSON, or a :class:`PlanValidationError` listing problems.
+
+    A plan longer than ``max_steps`` is refused before its steps are read, and a rejection
+    names at most ten problems, each quoting at most a short excerpt of the model's text.
+    """
+    steps = data.get("steps") if isinstance(data, dict) else None
+    if isinstance(steps, list) and len(steps) > max_steps:
+        _reject([f"the plan has {len(steps)} steps; at most {max_steps} are allowed"])
     try:
         plan = Plan.model_validate(data)
     except ValidationError as exc:
         malformed = [
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+            excerpt(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}", 200)
             for err in exc.errors(include_url=False, include_input=False)
         ]
         raise PlanValidationError(
-            "the plan is malformed: " + "; ".join(malformed), problems=malformed
+            "the plan is malformed: " + "; ".join(_bounded(malformed)),
+            problems=_bounded(malformed),
         ) from None
     problems: list[str] = []
     if not plan.steps:
         problems.append("the plan has no steps")
-    if len(plan.steps) > max_steps:
-        problems.append(f"the plan has {len(plan.steps)} steps; at most {max_steps} are allowed")
     ids = [step.id for step in plan.steps]
-    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    duplicates = sorted(i for i, count in Counter(ids).items() if count > 1)
     if duplicates:
         problems.append(f"step ids repeat: {duplicates}")
+    known = set(ids)
     for step in plan.steps:
         if step.executor not in executors:
             problems.append(
-                f"step {step.id}: unknown executor '{step.executor}'"
+                f"step {step.id}: unknown executor '{excerpt(step.executor, 64)}'"
                 f" (known: {', '.join(sorted(executors))})"
             )
         for dependency in step.depends_on:
             if dependency == step.id:
                 problems.append(f"step {step.id} depends on itself")
-            elif dependency not in ids:
-                problems.append(f"step {step.id} depends on unknown step '{dependency}'")
+            elif dependency not in known:
+                problems.append(
+                    f"step {step.id} depends on unknown step '{excerpt(dependency, 64)}'"
+                )
     if not problems:
         cycle = _cycle(plan)
         if cycle:
             problems.append("steps depend on each other in a cycle: " + " -> ".join(cycle))
     if problems:
-        raise PlanValidationError(
-            "the plan was rejected: " + "; ".join(problems), problems=problems
-        )
+        _reject(problems)
     return plan
+
+
+def _bounded(problems: list[str]) -> list[str]:
+    if len(problems) <= _LISTED:
+        return problems
+    return [*problems[:_LISTED], f"and {len(problems) - _LISTED} more"]
+
+
+def _reject(problems: list[str]) -> NoReturn:
+    raise PlanValidationError(
+        "the plan was rejected: " + "; ".join(_bounded(problems)), problems=_bounded(problems)
+    )
 
 
 def _cycle(plan: Plan) -> list[str]:

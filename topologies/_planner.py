@@ -14,6 +14,7 @@ The :class:`Planner` is a role agent: the pattern sends it a :class:`~cantata.ag
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import replace
 
 from cantata.agents import (
@@ -25,6 +26,7 @@ from cantata.agents import (
     StructuredOutputError,
     SynthesisRequest,
     TaskReply,
+    excerpt,
     handles,
 )
 
@@ -63,21 +65,40 @@ class Planner(Role):
         text = request
         for attempt in range(self.spec.repair_attempts + 1):
             try:
-                reply = await ctx.ask(
-                    self.spec.planner.name, text, self.plan_options, parent_id=parent_id
-                )
+                try:
+                    reply = await ctx.ask(
+                        self.spec.planner.name, text, self.plan_options, parent_id=parent_id
+                    )
+                except StructuredOutputError as exc:
+                    raise self._explain(exc) from None
                 return validate_plan(reply.structured, self.spec.executors, self.spec.max_steps)
-            except (PlanValidationError, StructuredOutputError) as exc:
+            except PlanValidationError as exc:
                 if attempt == self.spec.repair_attempts:
-                    if isinstance(exc, PlanValidationError):
-                        raise
-                    raise PlanValidationError(
-                        f"the planner did not produce a valid plan: {exc}", problems=[str(exc)]
-                    ) from None
+                    raise
                 text = (
-                    f"{request}\n\nYour previous plan was rejected: {exc}\nWrite a corrected plan."
+                    f"{request}\n\nYour previous plan was rejected: {excerpt(str(exc), 1000)}\n"
+                    "Write a corrected plan."
                 )
         raise PlanValidationError("unreachable: the repair loop always returns or raises")
+
+    def _explain(self, exc: StructuredOutputError) -> PlanValidationError:
+        """What is wrong with a plan that failed its schema, in the plan's own terms.
+
+        A schema's verdict on a plan is often just "not valid under any of the given schemas";
+        validating the same JSON as a plan names the unknown executor or the cycle instead.
+        """
+        try:
+            data = json.loads(exc.text)
+        except (ValueError, RecursionError):
+            data = None
+        if data is not None:
+            try:
+                validate_plan(data, self.spec.executors, self.spec.max_steps)
+            except PlanValidationError as named:
+                return named
+        return PlanValidationError(
+            f"the planner did not produce a valid plan: {exc}", problems=[str(exc)]
+        )
 
     async def synthesize(
         self, request: str, results: list[StepResult], ctx: RequestContext, parent_id: str

@@ -15,6 +15,7 @@ overrides.
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Collection
 from typing import Annotated
 
@@ -27,6 +28,8 @@ from cantata.agents import (
     AssignRequest,
     Review,
     ReviewRequest,
+    StructuredOutputError,
+    excerpt,
     handles,
     narrow,
     one_of,
@@ -92,7 +95,17 @@ class Supervisor(Role):
             max_tokens=self.spec.supervisor_max_tokens,
             output=self.assign_schema,
         )
-        reply = await ctx.ask(self.spec.supervisor.name, text, options, parent_id=parent_id)
+        try:
+            reply = await ctx.ask(self.spec.supervisor.name, text, options, parent_id=parent_id)
+        except StructuredOutputError as exc:
+            # The schema admits only declared workers; say which undeclared one was named.
+            if named := _undeclared_workers(exc.text, self.spec.workers):
+                problems = [f"unknown worker '{excerpt(name, 64)}'" for name in named[:10]]
+                raise AssignmentError(
+                    "the supervisor's assignments were rejected: " + "; ".join(problems),
+                    problems=problems,
+                ) from None
+            raise
         assignments = list(parse_output(self.assign_type, reply).assignments)
         # The narrowed type admits only these workers; checked again in case a subclass
         # replaced ``assign_type``.
@@ -135,6 +148,19 @@ class Supervisor(Role):
     async def on_review(self, request: ReviewRequest, ctx: RequestContext) -> Review:
         """The verdict on the round's results (see :meth:`review`)."""
         return await self.review(request.request, request.results, ctx, request.parent_span_id)
+
+
+def _undeclared_workers(text: str, workers: Collection[str]) -> list[str]:
+    """The worker names in a supervisor's reply that the topology does not declare."""
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        return []
+    entries = data.get("assignments") if isinstance(data, dict) else None
+    if not isinstance(entries, list):
+        return []
+    named = [e.get("worker") for e in entries if isinstance(e, dict)]
+    return sorted({n for n in named if isinstance(n, str) and n not in workers})
 
 
 async def run_supervisor_worker(

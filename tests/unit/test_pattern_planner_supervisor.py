@@ -8,10 +8,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+import structlog.testing
 
 from cantata.agents import (
+    AssignmentError,
     BackendError,
-    CantataError,
     FunctionConfig,
     ModelRequest,
     ModelSpec,
@@ -236,11 +237,11 @@ async def test_without_repair_attempts_the_planner_is_asked_once():
 async def test_an_unknown_executor_from_the_model_goes_through_repair():
     planner, executor = Planner(plan(step("s1", "shell"))), Executor()
     spec = planner_spec(planner, executor, repair_attempts=1)
-    with pytest.raises(PlanValidationError, match="did not produce a valid plan") as caught:
+    with pytest.raises(PlanValidationError, match="step s1: unknown executor 'shell'") as caught:
         await run_topology(spec, "req", InProcessRuntime())
 
     assert len(planner.plan_requests) == 2
-    assert "shell" in caught.value.problems[0]
+    assert caught.value.problems == ["step s1: unknown executor 'shell' (known: llm)"]
     assert "rejected" in planner.plan_requests[1].messages[-1].content
     assert executor.prompts == []
 
@@ -274,6 +275,44 @@ async def test_too_many_steps_from_the_model_fail_the_schema_and_the_repair():
     with pytest.raises(PlanValidationError):
         await run_topology(spec, "req", InProcessRuntime())
     assert len(planner.plan_requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("count", "said"), [(500, "the plan has 500 steps"), (10_000, "at most 100000 are read")]
+)
+async def test_a_huge_plan_fails_fast_with_bounded_errors_logs_and_repair_prompts(count, said):
+    huge = plan(*(step(f"s{n}", "llm", prompt="x" * 40) for n in range(1, count + 1)))
+    planner, executor = Planner(huge), Executor()
+    spec = planner_spec(planner, executor, max_steps=4, repair_attempts=1)
+    with structlog.testing.capture_logs() as logs, pytest.raises(PlanValidationError) as caught:
+        await run_topology(spec, "req", InProcessRuntime())
+
+    assert said in str(caught.value)
+    assert len(str(caught.value)) < 1_000
+    assert sum(len(p) for p in caught.value.problems) < 1_000
+    assert all(len(repr(entry)) < 2_000 for entry in logs)
+    repair = planner.plan_requests[1].messages[-1].content
+    assert len(repair) < 1_200  # the model is not sent its own huge plan back
+    assert executor.prompts == []
+
+
+async def test_a_plan_naming_an_undeclared_executor_among_others_names_it():
+    steps = plan(step("s1"), step("s2", "shell", "s1"), step("s3", "llm", "s2"))
+    planner, executor = Planner(steps), Executor()
+    spec = planner_spec(planner, executor, repair_attempts=0)
+    with pytest.raises(PlanValidationError) as caught:
+        await run_topology(spec, "req", InProcessRuntime())
+
+    assert caught.value.problems == ["step s2: unknown executor 'shell' (known: llm)"]
+
+
+async def test_a_cycle_from_the_model_is_reported_as_a_cycle():
+    planner, executor = Planner(CYCLE), Executor()
+    spec = planner_spec(planner, executor, repair_attempts=0)
+    with pytest.raises(PlanValidationError) as caught:
+        await run_topology(spec, "req", InProcessRuntime())
+
+    assert caught.value.problems == ["steps depend on each other in a cycle: s1 -> s2 -> s1"]
 
 
 # ---------------------------------------------------------------------------- supervisor
@@ -371,13 +410,13 @@ async def test_rounds_stop_at_max_rounds_and_the_last_work_stands():
     ]
 
 
-async def test_assigning_an_unknown_worker_is_a_typed_error():
-    supervisor = Supervisor([{"worker": "intern", "task": "coffee"}], APPROVE)
-    with pytest.raises(CantataError) as caught:
+async def test_assigning_an_unknown_worker_is_an_assignment_error_naming_it():
+    tasks = [{"worker": "writer", "task": "draft"}, {"worker": "intern", "task": "coffee"}]
+    supervisor = Supervisor(tasks, APPROVE)
+    with pytest.raises(AssignmentError) as caught:
         await run_topology(supervisor_spec(supervisor), "req", InProcessRuntime())
 
-    assert isinstance(caught.value, StructuredOutputError)
-    assert "intern" in str(caught.value)
+    assert caught.value.problems == ["unknown worker 'intern'"]
     assert supervisor.review_requests == []
 
 

@@ -103,6 +103,7 @@ PUBLIC_API = {
         "choice_output",
         "choice_type",
         "configure_logging",
+        "excerpt",
         "handles",
         "narrow",
         "new_id",
