@@ -166,10 +166,11 @@ class RequestContext:
             temperature=options.temperature,
             response_format=options.output,
         )
+        start = time.time()
         try:
             reply = await self.handles[model].complete(request)
         except CantataError as exc:
-            self._keep_failed_span(exc)
+            self._keep_failed_span(exc, model, parent_id, start)
             raise
         self.spans.append(reply.span)
         self.usage += reply.usage
@@ -189,19 +190,43 @@ class RequestContext:
             texts=texts,
             input_type="passage" if input_type == "passage" else "query",
         )
+        start = time.time()
         try:
             reply = await self.handles[model].embed(request)
         except CantataError as exc:
-            self._keep_failed_span(exc)
+            self._keep_failed_span(exc, model, parent_id, start)
             raise
         self.spans.append(reply.span)
         self.usage += reply.usage
         return reply
 
-    def _keep_failed_span(self, error: CantataError) -> None:
+    def _keep_failed_span(
+        self, error: CantataError, model: str, parent_id: str, start: float
+    ) -> None:
+        """Every failed model call leaves a span in the trace, with its error."""
         # The model actor attaches its failed call's span to the error it raises.
         if isinstance(error.span, Span) and error.span.trace_id == self.trace_id:
             self.spans.append(error.span)
+            return
+        # No actor span: the actor died or was unreachable, or refused the call before it
+        # began. The call is recorded as this process saw it, and reported from here, since
+        # no actor will.
+        end = time.time()
+        span = Span(
+            parent_id=parent_id,
+            trace_id=self.trace_id,
+            agent=model,
+            model=model,
+            actor_id=getattr(error, "actor_id", None) or None,
+            start=start,
+            end=end,
+            latency_ms=(end - start) * 1000,
+            status="error",
+            error=f"{type(error).__name__}: {error}"[:500],
+            error_type=type(error).__name__,
+        )
+        self.spans.append(span)
+        self.telemetry.span_ended(span)
 
     async def call_member(
         self, member: Member, text: str, options: CallOptions, *, parent_id: str

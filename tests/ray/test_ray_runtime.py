@@ -21,7 +21,7 @@ from cantata.agents import (
 )
 from cantata.cluster import RayModelHandle, RayRuntime
 from cantata.cluster._replicas import ReplicaSet
-from cantata.topologies import SingleSpec, run_topology
+from cantata.topologies import SingleSpec, VoteSpec, answer, run_topology
 
 pytestmark = pytest.mark.ray
 
@@ -203,6 +203,37 @@ async def test_dead_actor_is_a_typed_error(ray_cluster):
     with pytest.raises(ActorDiedError) as caught:
         await handle.complete(ModelRequest.from_prompt("anyone there?"))
     assert caught.value.actor_id == handle.actor_id
+
+
+def wait_until_dead(actor_id: str) -> None:
+    # ray.kill is asynchronous: without this, the next call might still reach the actor.
+    for _ in range(100):
+        if ray._private.state.actors(actor_id)["State"] == "DEAD":
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"actor {actor_id} did not die within 10 s")
+
+
+async def test_a_member_whose_actor_died_is_in_the_trace_with_its_error(ray_cluster):
+    topology = VoteSpec(name="vote", members=[spec("a"), spec("b"), spec("c")], quorum=2)
+    runtime = RayRuntime()
+    handles = await runtime.start_models(topology.models())
+    try:
+        (dead,) = handles["b"].replicas  # type: ignore[attr-defined]
+        ray.kill(dead.handle.actor, no_restart=True)
+        wait_until_dead(dead.handle.actor_id)
+        result = await answer(topology, "ping", handles)
+    finally:
+        await runtime.stop_models(list(handles.values()))
+
+    assert result.text == "echo: ping"
+    failed = [span for span in result.trace if span.status == "error"]
+    assert [(s.agent, s.model, s.error_type) for s in failed] == [("b", "b", "ActorDiedError")]
+    assert failed[0].actor_id == dead.handle.actor_id
+    # Beside its siblings, under the vote's own span.
+    assert failed[0].parent_id == result.trace[0].span_id
+    calls = [s for s in result.trace if s.parent_id == failed[0].parent_id and s.model]
+    assert sorted(s.agent for s in calls) == ["a", "b", "c"]
 
 
 async def test_single_topology_runs_on_ray_with_parented_spans(ray_cluster):
