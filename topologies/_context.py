@@ -100,6 +100,7 @@ class RequestContext:
     roles: Mapping[type, type] = field(default_factory=dict)
     telemetry: Telemetry = field(default_factory=Telemetry)
     where: Identity = field(default_factory=Identity)
+    reserved_tokens: int = 0  # what the model calls in flight may still write
 
     def role(self, cls: type[R]) -> type[R]:
         """The class to use for role ``cls``: the caller's replacement, or ``cls`` itself."""
@@ -153,25 +154,38 @@ class RequestContext:
         if self.budget.exhausted:
             raise BudgetExhaustedError(f"no budget left before calling {model}")
         max_tokens = options.max_tokens
-        if self.budget.tokens is not None:
-            # A reply may not spend more tokens than the request has left.
-            max_tokens = max(1, min(max_tokens, self.budget.tokens))
+        budget = self.budget
+        if budget.tokens is not None:
+            # Calls in flight hold the tokens they may still write: members of a fan-out
+            # share what is left instead of each being allowed all of it.
+            available = budget.tokens - self.reserved_tokens
+            if available <= 0:
+                raise BudgetExhaustedError(
+                    f"no token budget left for {model}: the {budget.tokens} tokens left are"
+                    " held by calls in flight"
+                )
+            max_tokens = min(max_tokens, available)
+            budget = budget.model_copy(update={"tokens": available})
         request = ModelRequest(
             trace_id=self.trace_id,
             parent_span_id=parent_id,
             deadline=self._deadline(options.timeout_s),
-            budget=self.budget,
+            budget=budget,
             messages=options.prompt.render(text, **options.values),
             max_tokens=max_tokens,
             temperature=options.temperature,
             response_format=options.output,
         )
+        held = max_tokens if budget.tokens is not None else 0
+        self.reserved_tokens += held
         start = time.time()
         try:
             reply = await self.handles[model].complete(request)
         except CantataError as exc:
             self._keep_failed_span(exc, model, parent_id, start)
             raise
+        finally:
+            self.reserved_tokens -= held
         self.spans.append(reply.span)
         self.usage += reply.usage
         self.cost_usd += reply.cost_usd
@@ -266,11 +280,16 @@ class RequestContext:
 
         Its root span is its step in this trace (parented here), whichever node it ran on.
         """
+        budget = self.budget
+        if budget.tokens is not None:  # not what model calls in flight here already hold
+            budget = budget.model_copy(
+                update={"tokens": max(0, budget.tokens - self.reserved_tokens)}
+            )
         task = Task(
             trace_id=self.trace_id,
             parent_span_id=parent_id,
             deadline=self._deadline(timeout_s),
-            budget=self.budget,
+            budget=budget,
             text=text,
         )
         try:

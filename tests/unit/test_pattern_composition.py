@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from typing import Any
@@ -450,3 +451,23 @@ async def test_max_tokens_never_exceeds_the_tokens_left():
     spec = SingleSpec(name="s", model=model("m", record), max_tokens=256, max_tokens_budget=40)
     await run_topology(spec, "hi", InProcessRuntime())
     assert seen == [40]
+
+
+async def test_parallel_members_share_the_tokens_left_instead_of_each_spending_all():
+    granted: list[int] = []
+
+    async def writes_to_its_cap(request: ModelRequest) -> str:
+        granted.append(request.max_tokens)
+        await asyncio.sleep(0.01)  # all three are in flight at once
+        return " ".join(["word"] * request.max_tokens)
+
+    members = [model(name, writes_to_its_cap) for name in ("a", "b", "c")]
+    spec = FanoutSpec(name="f", members=members, max_tokens=60, max_tokens_budget=100)
+    result = await run_topology(spec, "hi", InProcessRuntime())
+
+    # 60 for the first, the 40 left for the second, none for the third: never 3 x 60.
+    assert sorted(granted) == [40, 60]
+    assert result.usage.output_tokens == 100
+    (failed,) = [r for r in result.replies if not r.ok]  # refused before it called its model
+    assert failed.error is not None
+    assert failed.error.startswith("BudgetExhaustedError: no token budget left")
