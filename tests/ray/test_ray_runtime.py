@@ -13,6 +13,7 @@ from cantata.agents import (
     DeadlineExceededError,
     FunctionConfig,
     InvalidMessageError,
+    LlamaCppConfig,
     ModelActor,
     ModelRequest,
     ModelSpec,
@@ -158,6 +159,31 @@ async def test_feasible_but_occupied_reservation_times_out_and_cleans_up(ray_clu
             break
         time.sleep(0.1)
     assert alive_actor_count() == before
+
+
+def live_placement_groups() -> int:
+    table = ray.util.placement_group_table().values()
+    return sum(1 for group in table if group["state"] != "REMOVED")
+
+
+async def test_a_model_that_fails_to_start_fails_typed_and_leaves_nothing(ray_cluster, tmp_path):
+    actors, groups = alive_actor_count(), live_placement_groups()
+    missing = tmp_path / "no-such-model.gguf"
+    broken = ModelSpec(
+        name="broken",
+        backend=LlamaCppConfig(model_path=str(missing)),
+        resources=Resources(num_cpus=0.25),
+    )
+    runtime = RayRuntime()
+    with pytest.raises(BackendError, match="model file not found") as caught:
+        # A good model beside it is started in the same batch, and cleaned up with it.
+        await runtime.start_models([spec("fine"), broken])
+    assert str(missing) in str(caught.value)
+    for _ in range(100):  # ray.kill is asynchronous
+        if (alive_actor_count(), live_placement_groups()) == (actors, groups):
+            break
+        time.sleep(0.1)
+    assert (alive_actor_count(), live_placement_groups()) == (actors, groups)
 
 
 async def test_forged_request_is_rejected_on_arrival_in_the_actor(ray_cluster):
