@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from cantata.agents import (
     Budget,
@@ -152,7 +152,9 @@ class RequestContext:
     ) -> ModelReply:
         """Send ``text`` through ``options.prompt`` to ``model``; record its span and spend."""
         if self.budget.exhausted:
-            raise BudgetExhaustedError(f"no budget left before calling {model}")
+            self._refuse(
+                BudgetExhaustedError(f"no budget left before calling {model}"), model, parent_id
+            )
         max_tokens = options.max_tokens
         budget = self.budget
         if budget.tokens is not None:
@@ -160,10 +162,11 @@ class RequestContext:
             # share what is left instead of each being allowed all of it.
             available = budget.tokens - self.reserved_tokens
             if available <= 0:
-                raise BudgetExhaustedError(
+                refusal = BudgetExhaustedError(
                     f"no token budget left for {model}: the {budget.tokens} tokens left are"
                     " held by calls in flight"
                 )
+                self._refuse(refusal, model, parent_id)
             max_tokens = min(max_tokens, available)
             budget = budget.model_copy(update={"tokens": available})
         request = ModelRequest(
@@ -214,6 +217,11 @@ class RequestContext:
         self.usage += reply.usage
         return reply
 
+    def _refuse(self, error: CantataError, model: str, parent_id: str) -> NoReturn:
+        """Refuse a model call before it is sent; the refusal is in the trace all the same."""
+        self._keep_failed_span(error, model, parent_id, time.time())
+        raise error
+
     def _keep_failed_span(
         self, error: CantataError, model: str, parent_id: str, start: float
     ) -> None:
@@ -222,9 +230,9 @@ class RequestContext:
         if isinstance(error.span, Span) and error.span.trace_id == self.trace_id:
             self.spans.append(error.span)
             return
-        # No actor span: the actor died or was unreachable, or refused the call before it
-        # began. The call is recorded as this process saw it, and reported from here, since
-        # no actor will.
+        # No actor span: the actor died or was unreachable, refused the call before it began,
+        # or the call was refused here. It is recorded as this process saw it, and reported
+        # from here, since no actor will.
         end = time.time()
         span = Span(
             parent_id=parent_id,

@@ -471,3 +471,7 @@ async def test_parallel_members_share_the_tokens_left_instead_of_each_spending_a
     (failed,) = [r for r in result.replies if not r.ok]  # refused before it called its model
     assert failed.error is not None
     assert failed.error.startswith("BudgetExhaustedError: no token budget left")
+    # The refused member is in the trace beside the two that answered.
+    (refused,) = [s for s in result.trace if s.status == "error"]
+    assert (refused.agent, refused.error_type) == (failed.member, "BudgetExhaustedError")
+    assert refused.parent_id == result.trace[0].span_id
