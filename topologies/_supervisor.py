@@ -100,22 +100,14 @@ class Supervisor(Role):
         except StructuredOutputError as exc:
             # The schema admits only declared workers; say which undeclared one was named.
             if named := _undeclared_workers(exc.text, self.spec.workers):
-                problems = [f"unknown worker '{excerpt(name, 64)}'" for name in named[:10]]
-                raise AssignmentError(
-                    "the supervisor's assignments were rejected: " + "; ".join(problems),
-                    problems=problems,
-                ) from None
+                raise _rejected(named) from None
             raise
         assignments = list(parse_output(self.assign_type, reply).assignments)
         # The narrowed type admits only these workers; checked again in case a subclass
         # replaced ``assign_type``.
         unknown = sorted({a.worker for a in assignments} - set(self.spec.workers))
         if unknown or not assignments:
-            problems = [f"unknown worker '{name}'" for name in unknown] or ["no assignments"]
-            raise AssignmentError(
-                "the supervisor's assignments were rejected: " + "; ".join(problems),
-                problems=problems,
-            )
+            raise _rejected(unknown)
         return assignments
 
     async def review(
@@ -138,16 +130,22 @@ class Supervisor(Role):
             request.request, request.feedback, ctx, request.parent_span_id
         )
         if not assignments:  # a subclass's assign may return none; Assignments needs one
-            raise AssignmentError(
-                "the supervisor's assignments were rejected: no assignments",
-                problems=["no assignments"],
-            )
+            raise _rejected([])
         return Assignments(assignments=tuple(assignments))
 
     @handles
     async def on_review(self, request: ReviewRequest, ctx: RequestContext) -> Review:
         """The verdict on the round's results (see :meth:`review`)."""
         return await self.review(request.request, request.results, ctx, request.parent_span_id)
+
+
+def _rejected(unknown: list[str]) -> AssignmentError:
+    """The error for assignments naming ``unknown`` workers (none: no assignments at all)."""
+    problems = [f"unknown worker '{excerpt(name, 64)}'" for name in unknown[:10]]
+    problems = problems or ["no assignments"]
+    return AssignmentError(
+        "the supervisor's assignments were rejected: " + "; ".join(problems), problems=problems
+    )
 
 
 def _undeclared_workers(text: str, workers: Collection[str]) -> list[str]:

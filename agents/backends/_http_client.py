@@ -30,6 +30,7 @@ from .._errors import (
     ServerError,
 )
 from .._secrets import register_secret, scrub, scrub_json
+from .._structured import excerpt
 from ._http_config import Limits, RetryPolicy, Timeout
 
 __all__ = ["JsonPoster"]
@@ -191,7 +192,7 @@ class JsonPoster:
 
     def _excerpt(self, body: bytes) -> str:
         # Scrub before cutting: a key straddling the cut would otherwise leak its first part.
-        return scrub(body.decode("utf-8", "replace"))[:_BODY_EXCERPT]
+        return excerpt(scrub(body.decode("utf-8", "replace")), _BODY_EXCERPT)
 
     def _decode(self, url: str, body: bytes, attempt: int) -> Any:
         try:
