@@ -115,8 +115,11 @@ class AgentActor:
             self.in_flight -= 1
             self.served += 1
 
-    async def call(self, text: str, trace_id: str | None = None) -> RunResult:
-        """Answer one request as the deployment's coordinator, within its budget.
+    async def call(
+        self, text: str, trace_id: str | None = None, deadline: float | None = None
+    ) -> RunResult:
+        """Answer one request as the deployment's coordinator, within its budget and by its
+        ``deadline`` (epoch seconds; the topology's own ``timeout_s`` applies too).
 
         Every request is entered in the owner's cost ledger (failed ones with the spans they
         finished); one the budget refuses raises :class:`~cantata.agents.BudgetExceededError`.
@@ -133,6 +136,7 @@ class AgentActor:
                 text,
                 self.models,
                 trace_id=trace_id,
+                deadline=deadline,
                 telemetry=TelemetryGroup([self.telemetry, route]),
                 cost_limit_usd=cost_limit,
                 where=self.where,

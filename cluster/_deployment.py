@@ -11,6 +11,8 @@ its coordinator dies and the topology allows a retry. These functions need a con
 
 from __future__ import annotations
 
+import time
+from collections.abc import Awaitable
 from typing import Any
 
 import ray
@@ -30,6 +32,10 @@ from ._status import DeploymentStatus
 __all__ = ["Deployment", "deploy", "get_deployment", "list_deployments"]
 
 _PREFIX = "deployment:"
+
+DEADLINE_BACKSTOP_S = 5.0
+"""How long past a request's deadline a blocking call waits for a coordinator that cannot
+end the request itself (one lost with its node, say) before giving up on it."""
 
 
 class Deployment:
@@ -62,9 +68,16 @@ class Deployment:
     def call(self, text: str, *, timeout_s: float | None = None) -> RunResult:
         """Answer ``text`` with the deployed topology (blocking).
 
-        A request whose coordinator dies goes to another coordinator when the topology's
-        ``coordinator.retry`` allows; otherwise it fails with ActorDiedError.
+        ``timeout_s`` is the request's deadline: it travels with the request to every model
+        and agent actor it reaches, which stop working on it once it passes, and the call
+        fails with DeadlineExceededError. A request whose coordinator dies goes to another
+        coordinator when the topology's ``coordinator.retry`` allows; otherwise it fails with
+        ActorDiedError.
         """
+        deadline = None if timeout_s is None else time.time() + timeout_s
+        # The coordinator ends the request at its deadline; this wait is only the backstop
+        # for a coordinator that cannot (lost with its node, say).
+        wait_s = None if timeout_s is None else timeout_s + DEADLINE_BACKSTOP_S
         balancer = self._balancer()
         tried: set[int] = set()
         while True:
@@ -72,9 +85,9 @@ class Deployment:
             replica.in_flight += 1
             try:
                 result: RunResult = _hosting.get(
-                    replica.handle.actor.call.remote(text, None),
+                    replica.handle.actor.call.remote(text, None, deadline),
                     self._what("call to"),
-                    timeout_s=timeout_s,
+                    timeout_s=wait_s,
                     actor_id=replica.handle.actor_id,
                 )
             except ActorDiedError:
@@ -87,10 +100,15 @@ class Deployment:
             replica.served += 1
             return result
 
-    async def acall(self, text: str) -> RunResult:
-        """Answer ``text`` with the deployed topology (from async code)."""
+    async def acall(self, text: str, *, timeout_s: float | None = None) -> RunResult:
+        """Answer ``text`` with the deployed topology (from async code); see :meth:`call`."""
         balancer = self._balancer()
-        return await balancer.balanced(RayAgentHandle.call, text, retry=self._retry)
+        deadline = None if timeout_s is None else time.time() + timeout_s
+
+        def call(handle: RayAgentHandle, text: str) -> Awaitable[RunResult]:
+            return handle.call(text, deadline=deadline)
+
+        return await balancer.balanced(call, text, retry=self._retry)
 
     def status(self) -> DeploymentStatus:
         """Every model's and agent actor's replicas, where they run, their health and load."""

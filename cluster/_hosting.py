@@ -5,12 +5,14 @@ Model replicas, agent actors, coordinators and deployment controllers are all cr
 of a placement group reserved with :func:`reserve`), waited for with a timeout by
 :func:`wait_ready`, given the one restart policy (:data:`MAX_RESTARTS`), and killed by
 :func:`kill`. Every call into an actor goes through :func:`call` (async) or :func:`get`
-(blocking), which translate Ray's exceptions into Cantata's typed errors, once, here:
+(blocking), which translate Ray's exceptions into Cantata's typed errors, once, here (and
+cancel the call in the actor when its caller gives up on it):
 
 - the actor raised a :class:`~cantata.agents.CantataError`: that error, as itself;
 - it raised anything else: :class:`~cantata.agents.BackendError` for a model, otherwise
   :class:`~cantata.agents.RuntimeFailure`;
 - the actor is dead, restarting or unreachable: :class:`~cantata.agents.ActorDiedError`;
+- a blocking wait that timed out: :class:`~cantata.agents.DeadlineExceededError`;
 - any other Ray failure (lost objects, a dead owner): :class:`~cantata.agents.RuntimeFailure`.
 """
 
@@ -36,6 +38,7 @@ from cantata.agents import (
     ActorStartTimeoutError,
     BackendError,
     CantataError,
+    DeadlineExceededError,
     Resources,
     RuntimeFailure,
     UnschedulableError,
@@ -50,6 +53,7 @@ __all__ = [
     "alive_node_totals",
     "bundle",
     "call",
+    "cancel",
     "check_fits",
     "create_actor",
     "get",
@@ -252,26 +256,49 @@ def translate(exc: BaseException, what: str, *, model: str = "", actor_id: str =
             actor_id=actor_id,
         )
     if isinstance(exc, ray.exceptions.GetTimeoutError):
-        return RuntimeFailure(f"{what} did not finish in time")
+        return DeadlineExceededError(f"{what} did not finish in time")
     if isinstance(exc, ray.exceptions.RayError):
         return RuntimeFailure(f"{what} failed in Ray ({type(exc).__name__})")
     return exc if isinstance(exc, Exception) else RuntimeFailure(f"{what} failed")
 
 
 async def call(ref: Awaitable[T], what: str, *, model: str = "", actor_id: str = "") -> T:
-    """Await an actor call; Ray's exceptions come out as Cantata's."""
+    """Await an actor call; Ray's exceptions come out as Cantata's.
+
+    A caller that stops waiting (cancelled, or its deadline passed) cancels the call in the
+    actor too: nothing keeps running, holding a model, for a caller that left.
+    """
     try:
         return await ref
     except ray.exceptions.RayError as exc:
         raise translate(exc, what, model=model, actor_id=actor_id) from None
+    except asyncio.CancelledError:
+        cancel(ref)
+        raise
+
+
+def cancel(ref: Any) -> None:
+    """Cancel an actor call: its coroutine in the actor is cancelled, or it never starts."""
+    # A call that already ended, or whose actor is gone, has nothing left to cancel.
+    with contextlib.suppress(Exception):
+        ray.cancel(ref)
 
 
 def get(ref: Any, what: str, *, timeout_s: float | None = None, actor_id: str = "") -> Any:
-    """``ray.get`` an actor call (blocking); Ray's exceptions come out as Cantata's."""
+    """``ray.get`` an actor call (blocking); Ray's exceptions come out as Cantata's.
+
+    A call not done within ``timeout_s`` is cancelled in the actor and fails with
+    :class:`~cantata.agents.DeadlineExceededError`; so is one whose caller is interrupted.
+    """
     try:
         return ray.get(ref, timeout=timeout_s)
     except ray.exceptions.RayError as exc:
+        if isinstance(exc, ray.exceptions.GetTimeoutError):
+            cancel(ref)
         raise translate(exc, what, actor_id=actor_id) from None
+    except KeyboardInterrupt:
+        cancel(ref)
+        raise
 
 
 def _installed(module: ModuleType) -> bool:

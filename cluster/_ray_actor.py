@@ -8,6 +8,7 @@ per-process logging; it works for :class:`~cantata.agents.ModelActor` and for us
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import ray
@@ -105,25 +106,32 @@ class RayModelHandle(ModelHandle):
         )
 
     async def _call(self, ref: Any) -> Any:
-        try:
-            return await ref
-        except ray.exceptions.RayError as exc:
-            raise self._error(exc) from None
+        return await _hosting.call(
+            ref, f"the call to '{self.spec.name}'", model=self.spec.name, actor_id=self.actor_id
+        )
 
     # complete and embed are every model call's path: they await the actor here, without a
     # helper coroutine, and word an error only when there is one.
     async def complete(self, request: ModelRequest) -> ModelReply:
+        ref = self.actor.complete.remote(request)
         try:
-            reply: ModelReply = await self.actor.complete.remote(request)
+            reply: ModelReply = await ref
         except ray.exceptions.RayError as exc:
             raise self._error(exc) from None
+        except asyncio.CancelledError:
+            _hosting.cancel(ref)  # the model stops working for a caller that left
+            raise
         return reply
 
     async def embed(self, request: EmbedRequest) -> EmbedReply:
+        ref = self.actor.embed.remote(request)
         try:
-            reply: EmbedReply = await self.actor.embed.remote(request)
+            reply: EmbedReply = await ref
         except ray.exceptions.RayError as exc:
             raise self._error(exc) from None
+        except asyncio.CancelledError:
+            _hosting.cancel(ref)  # the model stops working for a caller that left
+            raise
         return reply
 
     async def health(self) -> Health:
@@ -160,10 +168,12 @@ class RayAgentHandle:
         result: RunResult = await self._call(self.actor.run.remote(task), "the agent actor of")
         return result
 
-    async def call(self, text: str, trace_id: str | None = None) -> RunResult:
-        """Answer a request as the deployment's coordinator."""
+    async def call(
+        self, text: str, trace_id: str | None = None, deadline: float | None = None
+    ) -> RunResult:
+        """Answer a request as the deployment's coordinator, by ``deadline`` (epoch seconds)."""
         result: RunResult = await self._call(
-            self.actor.call.remote(text, trace_id), "the coordinator of"
+            self.actor.call.remote(text, trace_id, deadline), "the coordinator of"
         )
         return result
 

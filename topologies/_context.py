@@ -14,8 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, NoReturn, TypeVar
 
@@ -51,13 +59,36 @@ from ._outcome import Outcome
 from ._runtime import AgentHandle, ModelHandle
 from ._spec import Member, member_name
 
-__all__ = ["PatternRunner", "RequestContext", "gather_all"]
+__all__ = ["DEADLINE_GRACE_S", "PatternRunner", "RequestContext", "gather_all", "until"]
 
 R = TypeVar("R")
 T = TypeVar("T")
 
 PatternRunner = Callable[[Any, str, "RequestContext", str], Awaitable[Outcome]]
 """Runs one pattern: ``(spec, text, ctx, parent_id) -> Outcome``."""
+
+
+DEADLINE_GRACE_S = 0.1
+"""How long past a deadline a topology waits before cancelling what it has in flight.
+
+The model actors end their calls at the deadline themselves, and their errors carry the
+failed calls' spans; the grace lets those arrive first. An actor that cannot answer (hung,
+or lost with its node) is cancelled this long after the deadline.
+"""
+
+
+@asynccontextmanager
+async def until(deadline: float | None, what: str) -> AsyncIterator[None]:
+    """Run the body until ``deadline`` (epoch seconds); then cancel it, and with it every call
+    it has in flight, and raise :class:`DeadlineExceededError`."""
+    if deadline is None:
+        yield
+        return
+    try:
+        async with asyncio.timeout(max(deadline - time.time(), 0.0) + DEADLINE_GRACE_S):
+            yield
+    except TimeoutError:
+        raise DeadlineExceededError(f"{what}: the request's deadline passed") from None
 
 
 async def gather_all(calls: Iterable[Awaitable[T]]) -> list[T]:
@@ -155,6 +186,13 @@ class RequestContext:
             self._refuse(
                 BudgetExhaustedError(f"no budget left before calling {model}"), model, parent_id
             )
+        deadline = self._deadline(options.timeout_s)
+        if deadline is not None and time.time() >= deadline:
+            self._refuse(
+                DeadlineExceededError(f"the deadline passed before calling {model}"),
+                model,
+                parent_id,
+            )
         max_tokens = options.max_tokens
         budget = self.budget
         if budget.tokens is not None:
@@ -172,7 +210,7 @@ class RequestContext:
         request = ModelRequest(
             trace_id=self.trace_id,
             parent_span_id=parent_id,
-            deadline=self._deadline(options.timeout_s),
+            deadline=deadline,
             budget=budget,
             messages=options.prompt.render(text, **options.values),
             max_tokens=max_tokens,
@@ -184,7 +222,7 @@ class RequestContext:
         start = time.time()
         try:
             reply = await self.handles[model].complete(request)
-        except CantataError as exc:
+        except (CantataError, asyncio.CancelledError) as exc:
             self._keep_failed_span(exc, model, parent_id, start)
             raise
         finally:
@@ -210,7 +248,7 @@ class RequestContext:
         start = time.time()
         try:
             reply = await self.handles[model].embed(request)
-        except CantataError as exc:
+        except (CantataError, asyncio.CancelledError) as exc:
             self._keep_failed_span(exc, model, parent_id, start)
             raise
         self.spans.append(reply.span)
@@ -223,16 +261,26 @@ class RequestContext:
         raise error
 
     def _keep_failed_span(
-        self, error: CantataError, model: str, parent_id: str, start: float
+        self,
+        error: CantataError | asyncio.CancelledError,
+        model: str,
+        parent_id: str,
+        start: float,
     ) -> None:
-        """Every failed model call leaves a span in the trace, with its error."""
+        """Every failed or cancelled model call leaves a span in the trace, with its error."""
         # The model actor attaches its failed call's span to the error it raises.
-        if isinstance(error.span, Span) and error.span.trace_id == self.trace_id:
-            self.spans.append(error.span)
+        span = getattr(error, "span", None)
+        if isinstance(span, Span) and span.trace_id == self.trace_id:
+            self.spans.append(span)
             return
         # No actor span: the actor died or was unreachable, refused the call before it began,
-        # or the call was refused here. It is recorded as this process saw it, and reported
-        # from here, since no actor will.
+        # the call was refused here, or it was cancelled (the request's deadline passed, a
+        # sibling failed, the caller left). It is recorded as this process saw it, and
+        # reported from here, since no actor will.
+        if isinstance(error, asyncio.CancelledError):
+            message = "CancelledError: the request stopped waiting for this call"
+        else:
+            message = f"{type(error).__name__}: {error}"
         end = time.time()
         span = Span(
             parent_id=parent_id,
@@ -244,7 +292,7 @@ class RequestContext:
             end=end,
             latency_ms=(end - start) * 1000,
             status="error",
-            error=f"{type(error).__name__}: {error}"[:500],
+            error=message[:500],
             error_type=type(error).__name__,
         )
         self.spans.append(span)

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from cantata.agents import Budget, CantataError, Identity, Span, Task, Telemetry, new_id
 
 from ._code import Code
-from ._context import RequestContext
+from ._context import RequestContext, until
 from ._patterns import PATTERNS
 from ._result import RunResult
 from ._runtime import AgentHandle, ModelHandle, Runtime
@@ -23,6 +23,7 @@ async def answer(
     handles: Mapping[str, ModelHandle],
     *,
     trace_id: str | None = None,
+    deadline: float | None = None,
     roles: Mapping[type, type] | None = None,
     telemetry: Telemetry | None = None,
     cost_limit_usd: float | None = None,
@@ -32,7 +33,10 @@ async def answer(
 ) -> RunResult:
     """Answer one request with models that are already started.
 
-    ``roles`` replaces role agents with subclasses, e.g. ``{Voter: VetoVoter}``. ``telemetry``
+    ``deadline`` (epoch seconds) ends the request with
+    :class:`~cantata.agents.DeadlineExceededError`, cancelling what it still has in flight; the
+    topology's ``timeout_s`` applies too. ``roles`` replaces role agents with subclasses, e.g.
+    ``{Voter: VetoVoter}``. ``telemetry``
     receives this request's steps, routes and decisions. ``cost_limit_usd`` caps what the
     request may spend (a deployment passes what its budget has left). ``where`` names the actor
     and node running the steps, for their spans. ``agents`` reach the nested topologies hosted
@@ -44,6 +48,7 @@ async def answer(
     """
     task = Task(
         trace_id=trace_id or new_id(),
+        deadline=deadline,
         text=text,
         budget=Budget(cost_usd=cost_limit_usd),
     )
@@ -102,7 +107,8 @@ async def answer_task(
     root_id = ""
     try:
         with ctx.step(spec.name, task.parent_span_id) as root_id:
-            outcome = await PATTERNS[type(spec)](spec, task.text, ctx, root_id)
+            async with until(deadline, f"'{spec.name}'"):
+                outcome = await PATTERNS[type(spec)](spec, task.text, ctx, root_id)
     except CantataError as exc:
         exc.trace = _ordered(ctx.spans, root_id)
         ctx.telemetry.request_ended(

