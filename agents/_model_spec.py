@@ -3,21 +3,34 @@
 A :class:`ModelSpec` is data (Python or YAML). Its ``backend`` is one of the configs below,
 picked by ``type``; ``build`` turns the config into a backend inside the process that hosts the
 model, sized to the model's :class:`~cantata.agents.Resources`.
+
+An HTTP backend's API key never travels inside a pickled spec (Ray keeps an actor's arguments,
+in clear, in its GCS, to restart it): a key read from ``api_key_env`` is dropped when the config
+is pickled and read again from the receiving process's own environment when it is unpickled,
+and a literal ``api_key`` refuses to be pickled at all.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import Field, NonNegativeFloat, PositiveInt, SecretStr, model_validator
+from pydantic import (
+    Field,
+    ModelWrapValidatorHandler,
+    NonNegativeFloat,
+    PositiveInt,
+    PrivateAttr,
+    SecretStr,
+    model_validator,
+)
 
+from ._errors import TopologySpecError
 from ._messages import Frozen
 from ._resources import Resources
 from ._scaling import Autoscaling
-from ._secrets import register_secret
+from ._secrets import register_secret, secret_from_env
 from .backends import (
     EmbeddingBackend,
     FunctionBackend,
@@ -85,24 +98,60 @@ class LlamaCppConfig(Frozen):
 class _HttpConfig(Frozen):
     base_url: str = Field(pattern=r"^https?://")
     model: str
-    api_key: SecretStr | None = Field(default=None, exclude=True)
+    api_key: SecretStr | None = Field(
+        default=None,
+        exclude=True,
+        description="A literal key, for this process only: pickling it (to a Ray actor) is"
+        " refused; use api_key_env for models hosted on Ray.",
+    )
     api_key_env: str | None = Field(
-        default=None, description="Environment variable holding the API key, read on the driver."
+        default=None,
+        description="Environment variable holding the API key, read in each process that uses"
+        " the spec (the driver, the model's actor); only its name is pickled.",
     )
     timeout: Timeout = Field(default_factory=Timeout)
     limits: Limits = Field(default_factory=Limits)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    # True when api_key was read from api_key_env in this process: pickling then drops it.
+    _key_from_env: bool = PrivateAttr(default=False)
 
-    @model_validator(mode="after")
-    def _read_key_from_env(self) -> _HttpConfig:
-        # Resolved where the spec is built (the driver), so remote actors need no env var.
+    @model_validator(mode="wrap")
+    @classmethod
+    def _read_key_from_env(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
+        config = handler(data)
+        # Re-validating an instance (nested in a spec, accepted on arrival) keeps the key's origin.
+        from_env = isinstance(data, _HttpConfig) and data._key_from_env
+        if config.api_key is None and config.api_key_env:
+            # A missing variable is no error here: the key may live only where the model runs.
+            secret = secret_from_env(config.api_key_env)
+            object.__setattr__(config, "api_key", secret)
+            from_env = secret is not None
+        config._key_from_env = from_env and config.api_key is not None
+        register_secret(config.api_key)  # this process scrubs it from logs and server text
+        return config
+
+    def __getstate__(self) -> dict[Any, Any]:
+        state = super().__getstate__()
+        if self.api_key is None:
+            return state
+        if not self._key_from_env:
+            raise TopologySpecError(
+                f"the backend config for {self.base_url} (model {self.model!r}) holds a literal"
+                " api_key, which must not leave this process: Ray would keep it, in clear, with"
+                " the actor's arguments in its GCS. Put the key in an environment variable and"
+                " name it in api_key_env (on a cluster, set it on every node)."
+            )
+        # Only the variable's name travels; the receiving process reads its own environment.
+        state["__dict__"] = {**state["__dict__"], "api_key": None}
+        return state
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        super().__setstate__(state)
         if self.api_key is None and self.api_key_env:
-            # Keys read from files (Kubernetes secrets, say) often end in a newline.
-            value = os.environ.get(self.api_key_env, "").strip()
-            if value:
-                object.__setattr__(self, "api_key", SecretStr(value))
-        register_secret(self.api_key)  # this process scrubs it from logs and server text
-        return self
+            # Missing here: the backend then fails to start, naming the variable.
+            secret = secret_from_env(self.api_key_env)
+            object.__setattr__(self, "api_key", secret)
+            self._key_from_env = secret is not None
 
 
 class OpenAIConfig(_HttpConfig):
@@ -117,6 +166,7 @@ class OpenAIConfig(_HttpConfig):
             self.base_url,
             self.model,
             api_key=self.api_key,
+            api_key_env=self.api_key_env,
             timeout=self.timeout,
             limits=self.limits,
             retry=self.retry,
@@ -135,6 +185,7 @@ class OpenAIEmbeddingsConfig(_HttpConfig):
             self.base_url,
             self.model,
             api_key=self.api_key,
+            api_key_env=self.api_key_env,
             timeout=self.timeout,
             limits=self.limits,
             retry=self.retry,

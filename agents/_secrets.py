@@ -7,16 +7,21 @@ enough, so keys are registered here when a backend or a spec takes them, and eve
 scrubbed of *every* registered key where it enters the process (:func:`scrub_json`), before any
 of it can reach an error, a span, a metric label, a log line or a result. Log lines are scrubbed
 once more as they are rendered, for text that entered some other way.
+
+A key named by an environment variable is read in the process that uses it
+(:func:`secret_from_env`): the model's actor on Ray, not only the driver. Only the variable's
+name travels between processes, so no key sits in the actor arguments that Ray keeps in its GCS.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
 from pydantic import SecretStr
 
-__all__ = ["REDACTED", "register_secret", "scrub", "scrub_json"]
+__all__ = ["REDACTED", "register_secret", "scrub", "scrub_json", "secret_from_env"]
 
 REDACTED = "**********"
 """What a secret is replaced with."""
@@ -43,6 +48,20 @@ def register_secret(secret: SecretStr | str | None) -> None:
         if not new.issubset(_registry.forms):
             forms = new.union(_registry.forms)
             _registry.forms = tuple(sorted(forms, key=len, reverse=True))
+
+
+def secret_from_env(name: str) -> SecretStr | None:
+    """The secret in environment variable ``name`` of this process, registered; None if unset.
+
+    Surrounding whitespace is dropped (keys read from files, Kubernetes secrets say, often end
+    in a newline), and a variable that is empty once stripped counts as unset.
+    """
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    secret = SecretStr(value)
+    register_secret(secret)  # this process scrubs it from logs and server text
+    return secret
 
 
 def scrub(text: str) -> str:

@@ -3,7 +3,9 @@
 Both HTTP backends (chat and embeddings) use :class:`JsonPoster`. httpx's exceptions stop here and
 become Cantata's typed errors; the API key lives in a :class:`~pydantic.SecretStr`, goes only into
 the ``Authorization`` header, and is scrubbed (with every other key this process holds) from
-everything a server answers, as it arrives: see :mod:`cantata.agents._secrets`.
+everything a server answers, as it arrives: see :mod:`cantata.agents._secrets`. A key named by an
+environment variable (``api_key_env``) is read in this process; when the variable is missing
+here, every use fails with a :class:`~cantata.agents.BackendError` naming it, before any request.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import os
+import socket
 import time
 from typing import Any
 
@@ -29,7 +33,7 @@ from .._errors import (
     RequestRejectedError,
     ServerError,
 )
-from .._secrets import register_secret, scrub, scrub_json
+from .._secrets import register_secret, scrub, scrub_json, secret_from_env
 from .._structured import excerpt
 from ._http_config import Limits, RetryPolicy, Timeout
 
@@ -53,9 +57,14 @@ class JsonPoster:
         limits: Limits,
         retry: RetryPolicy,
         headers: dict[str, str] | None = None,
+        api_key_env: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        if api_key is None and api_key_env:
+            api_key = secret_from_env(api_key_env)
         self._api_key = api_key
+        # Named, but missing in this process: fail every use, naming it, instead of a 401 later.
+        self._missing_key_env = api_key_env if api_key is None else None
         register_secret(api_key)
         self.model = model
         self.timeout = timeout
@@ -66,6 +75,20 @@ class JsonPoster:
 
     def __repr__(self) -> str:
         return f"JsonPoster(base_url={self.base_url!r}, model={self.model!r})"
+
+    def check_key(self) -> None:
+        """Raise :class:`BackendError` when the key's environment variable is missing here."""
+        name = self._missing_key_env
+        if name is None:
+            return
+        raise BackendError(
+            f"the API key for {self.base_url} (model {self.model!r}) comes from the environment"
+            f" variable {name}, which is not set, or is empty, in the process hosting the model"
+            f" (pid {os.getpid()} on {socket.gethostname()}). Set it where the model runs: on"
+            " Ray, in the environment every node was started in (ray start), or before ray.init"
+            " for a Ray started by the driver.",
+            model=self.model,
+        )
 
     def _client_for_loop(self) -> httpx.AsyncClient:
         if self._client is None:
@@ -101,6 +124,7 @@ class JsonPoster:
 
     async def post(self, path: str, payload: dict[str, Any], *, deadline: float | None) -> Any:
         """POST ``payload`` and return the decoded JSON body, retrying per the policy."""
+        self.check_key()
         url = f"{self.base_url}{path}"
         attempt = 0
         while True:

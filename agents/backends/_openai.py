@@ -37,7 +37,12 @@ _FINISH_REASONS: dict[str, FinishReason] = {
 
 
 class OpenAIChatBackend(ModelBackend):
-    """Chat completions from any server that speaks OpenAI's ``/v1/chat/completions``."""
+    """Chat completions from any server that speaks OpenAI's ``/v1/chat/completions``.
+
+    The key is ``api_key``, or else the environment variable ``api_key_env`` of this process;
+    when that variable is missing, :meth:`start` and every call raise a
+    :class:`~cantata.agents.BackendError` naming it.
+    """
 
     def __init__(
         self,
@@ -50,6 +55,7 @@ class OpenAIChatBackend(ModelBackend):
         retry: RetryPolicy | None = None,
         structured_output: StructuredOutputDialect = "json_schema",
         headers: dict[str, str] | None = None,
+        api_key_env: str | None = None,
     ) -> None:
         secret = SecretStr(api_key) if isinstance(api_key, str) else api_key
         self.model = model
@@ -62,6 +68,7 @@ class OpenAIChatBackend(ModelBackend):
             timeout=timeout or Timeout(),
             limits=limits or Limits(),
             retry=retry or RetryPolicy(),
+            api_key_env=api_key_env,
             headers=headers,
         )
 
@@ -124,6 +131,10 @@ class OpenAIChatBackend(ModelBackend):
                 f" ({type(exc).__name__}: {exc})",
                 model=self.model,
             ) from None
+
+    async def start(self) -> None:
+        """Fail at once, naming it, when the key's environment variable is missing here."""
+        self._poster.check_key()
 
     async def aclose(self) -> None:
         await self._poster.aclose()

@@ -15,7 +15,11 @@ __all__ = ["OpenAIEmbeddingsBackend"]
 
 
 class OpenAIEmbeddingsBackend(EmbeddingBackend):
-    """Embeddings from a server that speaks OpenAI's ``/v1/embeddings``."""
+    """Embeddings from a server that speaks OpenAI's ``/v1/embeddings``.
+
+    The key is ``api_key``, or else the environment variable ``api_key_env`` of this process
+    (missing: :meth:`start` and every call raise a :class:`~cantata.agents.BackendError`).
+    """
 
     def __init__(
         self,
@@ -26,6 +30,7 @@ class OpenAIEmbeddingsBackend(EmbeddingBackend):
         timeout: Timeout | None = None,
         limits: Limits | None = None,
         retry: RetryPolicy | None = None,
+        api_key_env: str | None = None,
     ) -> None:
         secret = SecretStr(api_key) if isinstance(api_key, str) else api_key
         self.model = model
@@ -36,6 +41,7 @@ class OpenAIEmbeddingsBackend(EmbeddingBackend):
             timeout=timeout or Timeout(),
             limits=limits or Limits(),
             retry=retry or RetryPolicy(),
+            api_key_env=api_key_env,
         )
 
     def __repr__(self) -> str:
@@ -72,6 +78,10 @@ class OpenAIEmbeddingsBackend(EmbeddingBackend):
         return Embeddings(
             vectors=vectors, input_tokens=tokens, model=str(data.get("model") or self.model)
         )
+
+    async def start(self) -> None:
+        """Fail at once, naming it, when the key's environment variable is missing here."""
+        self._poster.check_key()
 
     async def aclose(self) -> None:
         await self._poster.aclose()
