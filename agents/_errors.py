@@ -19,6 +19,7 @@
     │   ├── UnschedulableError           no node can satisfy a reservation (``.missing`` names it)
     │   └── ActorStartTimeoutError       an actor was feasible but did not start in time
     ├── DeadlineExceededError            the request's deadline passed
+    ├── OverloadedError                  a replica's queue is full: refused at once, retry later
     ├── BudgetExhaustedError             the request's token or cost budget ran out
     │   └── BudgetExceededError          a deployment's spending limit for the period is reached
     └── TopologyError
@@ -50,6 +51,7 @@ __all__ = [
     "InvalidMessageError",
     "MalformedResponseError",
     "MessageError",
+    "OverloadedError",
     "PlanValidationError",
     "QuorumNotReachedError",
     "RateLimitedError",
@@ -183,6 +185,16 @@ class ActorStartTimeoutError(RuntimeFailure):
 
 class DeadlineExceededError(CantataError):
     """The request's deadline passed before it finished."""
+
+
+class OverloadedError(CantataError):
+    """A replica or agent actor is holding all the requests it may; this one was refused at
+    once, without waiting. ``limit`` is the bound that was reached. Safe to retry later: the
+    request did not start."""
+
+    def __init__(self, message: str, *, limit: int = 0) -> None:
+        super().__init__(message)
+        self.limit = limit
 
 
 class BudgetExhaustedError(CantataError):

@@ -28,6 +28,7 @@ from ._errors import (
     CantataError,
     DeadlineExceededError,
     InvalidMessageError,
+    OverloadedError,
 )
 from ._logging import bound
 from ._messages import (
@@ -79,7 +80,9 @@ class Health(Frozen):
     served: int
     failed: int
     rejected: int = Field(
-        default=0, description="Requests refused before the backend: invalid, late, over budget."
+        default=0,
+        description="Requests refused before the backend: invalid, late, over budget, or"
+        " beyond the replica's queue.",
     )
     detail: str = ""
 
@@ -217,8 +220,11 @@ class ModelActor:
                     self._slots.release()
                     self._report_load()
             except BaseException as exc:
-                self.failed += 1
                 error = _typed(exc, spec.name)
+                if isinstance(error, OverloadedError):
+                    self.rejected += 1  # refused before it ran, like a late or invalid call
+                else:
+                    self.failed += 1
                 if isinstance(error, CantataError):
                     span = self._span(request, call, time.time(), error=error)
                     error.span = span  # the caller's trace keeps the failed call
@@ -236,6 +242,15 @@ class ModelActor:
         if not self._slots.locked():
             await self._slots.acquire()  # free now: no wait, nothing queued to report
             return
+        if self.queued >= self.spec.max_queued:
+            # Refused at once: a burst beyond what the replica can hold must not grow memory
+            # or the latency of the calls it already accepted.
+            self.telemetry.refused(self.spec.name, "overload", model=self.spec.name)
+            raise OverloadedError(
+                f"{self.spec.name}: {self.in_flight} calls running and {self.queued} waiting,"
+                f" the most this replica holds (max_queued={self.spec.max_queued}); retry later",
+                limit=self.spec.max_queued,
+            )
         self.queued += 1
         self._report_load()
         try:

@@ -20,6 +20,7 @@ from pydantic import (
     Field,
     ModelWrapValidatorHandler,
     NonNegativeFloat,
+    NonNegativeInt,
     PositiveInt,
     PrivateAttr,
     SecretStr,
@@ -274,6 +275,11 @@ class ModelSpec(Frozen):
     )
     max_concurrency: PositiveInt = Field(
         default=4, description="Calls one replica accepts at once; the rest queue at the actor."
+    )
+    max_queued: NonNegativeInt = Field(
+        default=64,
+        description="Calls one replica holds waiting for a slot; beyond them calls are refused"
+        " at once with OverloadedError, so a burst cannot grow memory or everyone's latency.",
     )
     pricing: Pricing = Field(default_factory=Pricing)
     autoscaling: Autoscaling | None = Field(

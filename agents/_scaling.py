@@ -57,3 +57,8 @@ class Host(Frozen):
     resources: Resources = Field(default_factory=lambda: Resources(num_cpus=0))
     replicas: PositiveInt = 1
     autoscaling: Autoscaling | None = None
+    max_in_flight: PositiveInt = Field(
+        default=256,
+        description="Tasks one actor holds at once; beyond them tasks are refused at once"
+        " with OverloadedError.",
+    )

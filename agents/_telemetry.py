@@ -25,7 +25,7 @@ __all__ = ["RefusalReason", "Telemetry", "TelemetryGroup"]
 
 log = structlog.get_logger("cantata.telemetry")
 
-RefusalReason = Literal["budget", "deadline", "invalid"]
+RefusalReason = Literal["budget", "deadline", "invalid", "overload"]
 """Why a request was turned away before any model ran for it."""
 
 

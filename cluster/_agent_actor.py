@@ -17,6 +17,7 @@ import ray
 from cantata.agents import (
     CantataError,
     LogConfig,
+    OverloadedError,
     Route,
     RuntimeFailure,
     Span,
@@ -71,6 +72,10 @@ class AgentActor:
         self._fresh = False
         self.in_flight = 0
         self.served = 0
+        self.refused = 0
+        self.max_in_flight = (
+            node.coordinator.max_in_flight if role == "coordinator" else node.host.max_in_flight
+        )
 
     def set_routing(self, routing: Routing) -> None:
         """Take the current replicas of every model and hosted node."""
@@ -99,6 +104,7 @@ class AgentActor:
     async def run(self, task: Task) -> RunResult:
         """Answer a parent's task with this node's pattern."""
         task = accept(task, Task)  # crossed a process boundary: validate on arrival
+        self._admit()
         await self._refresh()
         self.in_flight += 1
         try:
@@ -124,6 +130,7 @@ class AgentActor:
         Every request is entered in the owner's cost ledger (failed ones with the spans they
         finished); one the budget refuses raises :class:`~cantata.agents.BudgetExceededError`.
         """
+        self._admit()
         await self._refresh()
         cost_limit = None
         if self.budgeted and self.owner is not None:
@@ -152,6 +159,18 @@ class AgentActor:
         self._record(list(result.trace), route, False)
         return result
 
+    def _admit(self) -> None:
+        # Refused at once rather than queued without bound: memory stays bounded, and the
+        # requests already accepted keep their latency.
+        if self.in_flight >= self.max_in_flight:
+            self.refused += 1
+            self.telemetry.refused(self.node.name, "overload")
+            raise OverloadedError(
+                f"the {self.role} of '{self.node.name}' holds {self.in_flight} requests, the"
+                f" most it takes (max_in_flight={self.max_in_flight}); retry later",
+                limit=self.max_in_flight,
+            )
+
     def _record(self, spans: list[Span], route: RouteTaken, failed: bool) -> None:
         if self.owner is not None:
             # Not awaited: the ledger must not add a hop to every request's latency.
@@ -166,6 +185,7 @@ class AgentActor:
             healthy=True,
             in_flight=self.in_flight,
             served=self.served,
+            refused=self.refused,
         )
 
     def close(self) -> None:

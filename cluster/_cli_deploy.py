@@ -68,6 +68,7 @@ def _print_status(statuses: list[DeploymentStatus]) -> None:
             "in flight",
             "queued",
             "served",
+            "refused",
         ):
             table.add_column(column)
         rows: list[tuple[str, str, Resources, tuple[ReplicaStatus, ...]]] = [
@@ -86,6 +87,7 @@ def _print_status(statuses: list[DeploymentStatus]) -> None:
                     str(replica.in_flight),
                     str(replica.queued),
                     str(replica.served),
+                    str(replica.refused),
                 )
         console.print(table)
         for decision in status.scaling[-5:]:

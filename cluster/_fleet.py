@@ -325,6 +325,7 @@ class Fleet:
                     in_flight=health.in_flight,
                     queued=health.queued,
                     served=health.served,
+                    refused=health.rejected,
                     detail=health.detail,
                 )
             status: ReplicaStatus = await asyncio.wait_for(handle.status(), STATUS_TIMEOUT_S)

@@ -6,7 +6,7 @@ process's own count of requests in flight per replica. Between equally busy repl
 that has served fewer requests from here wins, so sequential traffic rotates over every
 replica instead of landing where chance puts it. A replica whose actor is dead or restarting
 is skipped and the request is retried once on another, so a lost replica does not lose a
-request that another can serve.
+request that another can serve; so is a request a full replica refused.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from cantata.agents import (
     ModelReply,
     ModelRequest,
     ModelSpec,
+    OverloadedError,
     Task,
 )
 from cantata.topologies import AgentHandle, ModelHandle, RunResult
@@ -82,18 +83,19 @@ class Balanced(Generic[H]):
         self, call: Callable[[H, A], Awaitable[T]], argument: A, *, retry: bool = True
     ) -> T:
         """``call(handle, argument)`` on a replica; on a dead replica, once more on another
-        if ``retry``."""
+        if ``retry``; on a full one, once more on another (the call never started there)."""
         tried: set[int] = set()
         while True:
             replica = self.pick(tried)
             replica.in_flight += 1
             try:
                 result = await call(replica.handle, argument)
-            except ActorDiedError:
-                # Dead or restarting. Another replica gets one more try; never more, so a
-                # request that kills its replica cannot take the whole set down with it.
+            except (ActorDiedError, OverloadedError) as exc:
+                # Dead or restarting, or full. Another replica gets one more try; never more,
+                # so a request that kills its replica cannot take the whole set down with it.
                 tried.add(replica.index)
-                if not retry or len(tried) > 1 or len(self.active()) < 2:
+                safe = retry or isinstance(exc, OverloadedError)
+                if not safe or len(tried) > 1 or len(self.active()) < 2:
                     raise
                 continue
             finally:

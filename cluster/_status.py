@@ -19,8 +19,9 @@ __all__ = [
 class ReplicaStatus(Frozen):
     """One replica (of a model, or an agent actor): where it runs, whether it answers, its load.
 
-    ``in_flight`` and ``queued`` are counted by the replica itself: calls running, and calls
-    waiting for one of its concurrency slots.
+    ``in_flight``, ``queued`` and ``refused`` are counted by the replica itself: calls running,
+    calls waiting for one of its concurrency slots, and calls turned away before they ran
+    (beyond its queue, late, over budget or invalid).
     """
 
     actor_id: str
@@ -30,6 +31,7 @@ class ReplicaStatus(Frozen):
     in_flight: int
     queued: int = 0
     served: int
+    refused: int = 0
     detail: str = ""
 
 

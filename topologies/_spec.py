@@ -147,6 +147,11 @@ class Coordinator(Frozen):
     replicas: PositiveInt = 1
     resources: Resources = Field(default_factory=lambda: Resources(num_cpus=0))
     retry: bool = True
+    max_in_flight: PositiveInt = Field(
+        default=256,
+        description="Requests one coordinator holds at once; beyond them requests are refused"
+        " at once with OverloadedError.",
+    )
 
 
 class _TopologyBase(Frozen, abc.ABC):

@@ -21,6 +21,7 @@ from cantata.agents import (
     ModelActor,
     ModelRequest,
     ModelSpec,
+    OverloadedError,
     Pricing,
     StructuredOutputError,
 )
@@ -174,3 +175,28 @@ async def test_concurrent_calls_are_counted():
     await asyncio.gather(*(actor.complete(ModelRequest.from_prompt(str(i))) for i in range(5)))
     health = await actor.health()
     assert (health.served, health.in_flight) == (5, 0)
+
+
+async def test_calls_beyond_the_queue_are_refused_at_once_and_the_accepted_ones_finish():
+    release = asyncio.Event()
+
+    async def answer(request):
+        await release.wait()
+        return "ok"
+
+    actor = actor_for(answer, max_concurrency=1, max_queued=2)
+    accepted = [
+        asyncio.ensure_future(actor.complete(ModelRequest.from_prompt(str(i)))) for i in range(3)
+    ]
+    while (actor.in_flight, actor.queued) != (1, 2):  # one running, two waiting for its slot
+        await asyncio.sleep(0)
+    with pytest.raises(OverloadedError) as refusal:
+        await actor.complete(ModelRequest.from_prompt("one too many"))
+    assert refusal.value.limit == 2
+    assert refusal.value.span is not None
+    assert refusal.value.span.error_type == "OverloadedError"
+    release.set()
+    replies = await asyncio.gather(*accepted)
+    health = await actor.health()
+    assert [reply.text for reply in replies] == ["ok"] * 3
+    assert (health.served, health.rejected, health.failed, health.queued) == (3, 1, 0, 0)

