@@ -27,7 +27,7 @@ import threading
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 from urllib.parse import unquote, urlsplit
 
 import structlog
@@ -102,6 +102,38 @@ class OtlpConfig(Frozen):
     headers: dict[str, SecretStr] = Field(default_factory=dict)
     timeout_s: float = Field(default=10.0, gt=0, allow_inf_nan=False)
     compression: Literal["none", "gzip"] = "none"
+    headers_env: str | None = Field(
+        default=None,
+        description="The variable the headers were read from: pickling (to an actor, whose"
+        " arguments Ray keeps in its GCS) sends only its name, and the actor reads its own"
+        " environment.",
+    )
+
+    def __getstate__(self) -> dict[Any, Any]:
+        state = super().__getstate__()
+        if not self.headers:
+            return state
+        if self.headers_env is None:
+            raise OtlpConfigError(
+                "OTLP headers given in code must not leave this process: Ray would keep them,"
+                " in clear, with the actors' arguments in its GCS. Set OTEL_EXPORTER_OTLP_HEADERS"
+                " (on a cluster, on every node) instead."
+            )
+        return {**state, "__dict__": {**state["__dict__"], "headers": {}}}
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        super().__setstate__(state)
+        var = self.headers_env
+        if var is not None and (raw := os.environ.get(var, "").strip()):
+            headers = {k.lower(): SecretStr(v) for k, v in _parse_headers(var, raw).items()}
+            for secret in headers.values():
+                register_secret(secret)
+            object.__setattr__(self, "headers", headers)
+        elif var is not None:
+            log.warning(
+                "the OTLP headers variable is not set in this process; exporting without them",
+                variable=var,
+            )
 
     @field_validator("endpoint")
     @classmethod
@@ -173,10 +205,12 @@ class OtlpConfig(Frozen):
             compression = found[1].lower()
             if compression not in ("none", "gzip"):
                 raise OtlpConfigError(f"{found[0]} must be gzip or none")
-        headers = _parse_headers(*found) if (found := get("HEADERS")) else {}
+        found = get("HEADERS")
+        headers = _parse_headers(*found) if found else {}
         return cls(
             endpoint=endpoint,
             headers={k: SecretStr(v) for k, v in headers.items()},
+            headers_env=found[0] if found else None,
             timeout_s=timeout_s,
             compression=cast(Literal["none", "gzip"], compression),
         )

@@ -233,15 +233,34 @@ def test_the_error_pickles():
 # --- the config itself ------------------------------------------------------------------
 
 
-def test_the_config_pickles_with_its_secrets():
+def test_headers_from_the_environment_travel_by_name_and_are_read_again_where_unpickled(
+    monkeypatch,
+):
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318",
+        "OTEL_EXPORTER_OTLP_HEADERS": f"Authorization=Bearer%20{SECRET}",
+    }
+    config = OtlpConfig.from_env(env)
+    assert config is not None
+    pickled = pickle.dumps(config)  # what Ray keeps with an actor's arguments
+    assert SECRET.encode() not in pickled
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", env["OTEL_EXPORTER_OTLP_HEADERS"])
+    again = pickle.loads(pickled)  # in the actor: its own environment
+    assert again.headers["authorization"].get_secret_value() == f"Bearer {SECRET}"
+    assert (again.endpoint, again.headers_env) == (config.endpoint, "OTEL_EXPORTER_OTLP_HEADERS")
+
+
+def test_headers_given_in_code_refuse_to_leave_the_process():
     config = OtlpConfig(
         endpoint="http://127.0.0.1:4318/v1/traces",
         headers={"Authorization": SecretStr(SECRET)},
         timeout_s=3.0,
     )
-    again = pickle.loads(pickle.dumps(config))
-    assert again == config
-    assert again.headers["authorization"].get_secret_value() == SECRET
+    with pytest.raises(OtlpConfigError, match="OTEL_EXPORTER_OTLP_HEADERS") as refusal:
+        pickle.dumps(config)
+    assert SECRET not in str(refusal.value)
+    plain = OtlpConfig(endpoint="http://127.0.0.1:4318/v1/traces", timeout_s=3.0)
+    assert pickle.loads(pickle.dumps(plain)) == plain
 
 
 def test_secrets_never_show_in_repr_str_json_or_validation_errors():
