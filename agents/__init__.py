@@ -15,6 +15,7 @@ from ._errors import (
     BudgetExceededError,
     BudgetExhaustedError,
     CantataError,
+    CircuitOpenError,
     DeadlineExceededError,
     EndpointUnreachableError,
     InvalidMessageError,
@@ -31,6 +32,7 @@ from ._errors import (
     TopologyError,
     TopologySpecError,
     UnschedulableError,
+    counts_against_replica,
 )
 from ._logging import LogConfig, bound, configure_logging
 from ._messages import (
@@ -98,7 +100,7 @@ from ._roles import (
     SynthesisRequest,
     TallyRequest,
 )
-from ._scaling import Autoscaling, Host
+from ._scaling import Autoscaling, Cooldown, Host
 from ._secrets import register_secret, scrub, scrub_json
 from ._structured import excerpt
 from ._telemetry import RefusalReason, Telemetry, TelemetryGroup
@@ -127,7 +129,9 @@ __all__ = [
     "CantataError",
     "ChatMessage",
     "Choice",
+    "CircuitOpenError",
     "Classification",
+    "Cooldown",
     "CustomConfig",
     "DeadlineExceededError",
     "Decision",
@@ -195,6 +199,7 @@ __all__ = [
     "choice_output",
     "choice_type",
     "configure_logging",
+    "counts_against_replica",
     "excerpt",
     "handles",
     "narrow",

@@ -13,7 +13,8 @@
     │   │   ├── ServerError              5xx (and 408/409) after the retries ran out
     │   │   └── RequestRejectedError     any other 4xx: the request itself is wrong, never retried
     │   ├── MalformedResponseError       a body that is not JSON, is truncated, or lacks fields
-    │   └── StructuredOutputError        model text that does not match the requested JSON schema
+    │   ├── StructuredOutputError        model text that does not match the requested JSON schema
+    │   └── CircuitOpenError             every replica of the model is cooling down after failures
     ├── RuntimeFailure                   the runtime hosting agents failed
     │   ├── ActorDiedError               the actor serving a model is dead or was lost with its node
     │   ├── UnschedulableError           no node can satisfy a reservation (``.missing`` names it)
@@ -46,6 +47,7 @@ __all__ = [
     "BudgetExceededError",
     "BudgetExhaustedError",
     "CantataError",
+    "CircuitOpenError",
     "DeadlineExceededError",
     "EndpointUnreachableError",
     "InvalidMessageError",
@@ -62,6 +64,7 @@ __all__ = [
     "TopologyError",
     "TopologySpecError",
     "UnschedulableError",
+    "counts_against_replica",
 ]
 
 
@@ -159,6 +162,17 @@ class StructuredOutputError(BackendError):
         self.text = text
 
 
+class CircuitOpenError(BackendError):
+    """Every replica of the model failed repeatedly and is cooling down; the call was not sent.
+
+    ``retry_after_s`` is how long until the first replica takes a trial call again.
+    """
+
+    def __init__(self, message: str, *, model: str = "", retry_after_s: float = 0.0) -> None:
+        super().__init__(message, model=model, attempts=0)
+        self.retry_after_s = retry_after_s
+
+
 class RuntimeFailure(CantataError):
     """The runtime that hosts agents and model actors failed."""
 
@@ -254,3 +268,17 @@ class QuorumNotReachedError(TopologyError):
     def __init__(self, message: str, *, failures: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.failures = failures or {}
+
+
+def counts_against_replica(error: BaseException) -> bool:
+    """Whether ``error`` says the replica (or its endpoint) is failing, not the request.
+
+    These open a replica's circuit breaker and send a call to a model's fallback. A request
+    the server rejects, text that misses the schema, a passed deadline, a spent budget or a
+    full queue say nothing about the replica's health.
+    """
+    if isinstance(error, ActorDiedError | EndpointUnreachableError | BackendTimeoutError):
+        return True
+    if isinstance(error, ServerError | RateLimitedError | MalformedResponseError):
+        return True
+    return isinstance(error, RuntimeFailure) and not isinstance(error, UnschedulableError)

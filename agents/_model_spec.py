@@ -30,7 +30,7 @@ from pydantic import (
 from ._errors import TopologySpecError
 from ._messages import Frozen
 from ._resources import Resources
-from ._scaling import Autoscaling
+from ._scaling import Autoscaling, Cooldown
 from ._secrets import register_secret, secret_from_env
 from .backends import (
     EmbeddingBackend,
@@ -286,6 +286,16 @@ class ModelSpec(Frozen):
         default=None,
         description="Grow and shrink the replicas with measured load (deployments only);"
         " ``replicas`` is then the starting count.",
+    )
+    cooldown: Cooldown = Field(
+        default_factory=Cooldown,
+        description="When a replica that keeps failing stops getting calls, and for how long.",
+    )
+    fallback: ModelSpec | None = Field(
+        default=None,
+        description="Another model, started with this one (with its own reservation), that"
+        " answers a call this model failed for its own reasons: its replicas dead, cooling"
+        " down, full, unreachable or erroring.",
     )
 
     def build_backend(self) -> AnyBackend:

@@ -7,7 +7,22 @@ from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 from ._messages import Frozen
 from ._resources import Resources
 
-__all__ = ["Autoscaling", "Host"]
+__all__ = ["Autoscaling", "Cooldown", "Host"]
+
+
+class Cooldown(Frozen):
+    """A circuit breaker per replica, kept by each process that calls it.
+
+    After ``after_failures`` calls in a row fail for the replica's own reasons (its actor
+    died, its endpoint is unreachable, too slow, erroring or rate limiting, its answers are
+    broken), the replica gets no calls for ``cooldown_s``: traffic moves to the model's other
+    replicas, or, when every replica is cooling down, to the model's ``fallback``
+    (:class:`~cantata.agents.CircuitOpenError` without one). After the cooldown one call tries
+    it again: a success closes the breaker, a failure opens it for another cooldown.
+    """
+
+    after_failures: PositiveInt = 5
+    cooldown_s: PositiveFloat = 30.0
 
 
 class Autoscaling(Frozen):

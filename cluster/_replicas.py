@@ -6,18 +6,24 @@ process's own count of requests in flight per replica. Between equally busy repl
 that has served fewer requests from here wins, so sequential traffic rotates over every
 replica instead of landing where chance puts it. A replica whose actor is dead or restarting
 is skipped and the request is retried once on another, so a lost replica does not lose a
-request that another can serve; so is a request a full replica refused.
+request that another can serve; so is a request a full replica refused. A replica that keeps
+failing for its own reasons gets no calls for a cooldown (a circuit breaker per replica, kept
+by each calling process, as Envoy's outlier detection is per client).
 """
 
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from cantata.agents import (
     ActorDiedError,
+    CantataError,
+    CircuitOpenError,
+    Cooldown,
     EmbedReply,
     EmbedRequest,
     Health,
@@ -26,6 +32,7 @@ from cantata.agents import (
     ModelSpec,
     OverloadedError,
     Task,
+    counts_against_replica,
 )
 from cantata.topologies import AgentHandle, ModelHandle, RunResult
 
@@ -40,23 +47,33 @@ A = TypeVar("A")
 
 @dataclass
 class Replica(Generic[H]):
-    """One replica, with what this process knows of its load."""
+    """One replica, with what this process knows of its load and its failures."""
 
     handle: H
     index: int
     in_flight: int = 0
     served: int = 0
     draining: bool = False
+    failures: int = 0  # in a row, for the replica's own reasons
+    cooling_until: float = 0.0  # monotonic; nonzero while its breaker is open
 
 
 class Balanced(Generic[H]):
-    """Calls one of a set of replicas: the less loaded of two random choices."""
+    """Calls one of a set of replicas: the less loaded of two random choices, skipping
+    replicas whose circuit breaker is open (see :class:`~cantata.agents.Cooldown`)."""
 
     what: str
 
-    def __init__(self, what: str, replicas: list[Replica[H]] | None = None) -> None:
+    def __init__(
+        self,
+        what: str,
+        replicas: list[Replica[H]] | None = None,
+        *,
+        cooldown: Cooldown | None = None,
+    ) -> None:
         self.what = what
         self.replicas: list[Replica[H]] = list(replicas or [])
+        self.cooldown = cooldown or Cooldown()
 
     def active(self) -> list[Replica[H]]:
         """Replicas that take new requests."""
@@ -64,15 +81,35 @@ class Balanced(Generic[H]):
 
     def pick(self, exclude: Collection[int] = ()) -> Replica[H]:
         """The replica for the next request."""
-        if len(self.replicas) == 1 and not exclude and not self.replicas[0].draining:
-            return self.replicas[0]  # the common case, without building lists per call
+        if len(self.replicas) == 1 and not exclude:
+            only = self.replicas[0]
+            if not only.draining and not only.cooling_until:
+                return only  # the common case, without building lists per call
         candidates = [r for r in self.active() if r.index not in exclude]
         if not candidates:
             raise ActorDiedError(f"no live replica of '{self.what}' can take the request")
-        if len(candidates) == 1:
-            return candidates[0]
-        pair = random.sample(candidates, 2)
+        now = time.monotonic()
+        ready = [r for r in candidates if r.cooling_until <= now]
+        if not ready:
+            wait_s = min(r.cooling_until for r in candidates) - now
+            raise CircuitOpenError(
+                f"every replica of '{self.what}' failed {self.cooldown.after_failures} calls in"
+                f" a row and is cooling down; the first takes a trial call in {wait_s:.1f}s",
+                model=self.what,
+                retry_after_s=wait_s,
+            )
+        if len(ready) == 1:
+            return ready[0]
+        pair = random.sample(ready, 2)
         return min(pair, key=lambda r: (r.in_flight, r.served, r.index))
+
+    def _failed(self, replica: Replica[H], error: BaseException) -> None:
+        if not counts_against_replica(error):
+            return
+        replica.failures += 1
+        if replica.failures >= self.cooldown.after_failures:
+            # Open, or open again after a failed trial call: no calls until the cooldown ends.
+            replica.cooling_until = time.monotonic() + self.cooldown.cooldown_s
 
     def update(self, members: Sequence[tuple[int, H]]) -> None:
         """Take a new membership (after a scale), keeping what is known of the replicas kept."""
@@ -91,6 +128,7 @@ class Balanced(Generic[H]):
             try:
                 result = await call(replica.handle, argument)
             except (ActorDiedError, OverloadedError) as exc:
+                self._failed(replica, exc)
                 # Dead or restarting, or full. Another replica gets one more try; never more,
                 # so a request that kills its replica cannot take the whole set down with it.
                 tried.add(replica.index)
@@ -98,9 +136,15 @@ class Balanced(Generic[H]):
                 if not safe or len(tried) > 1 or len(self.active()) < 2:
                     raise
                 continue
+            except CantataError as exc:
+                self._failed(replica, exc)
+                raise
             finally:
                 replica.in_flight -= 1
             replica.served += 1
+            if replica.failures:
+                replica.failures = 0  # a success closes the breaker
+                replica.cooling_until = 0.0
             return result
 
 
@@ -110,7 +154,7 @@ class ReplicaSet(Balanced[RayModelHandle], ModelHandle):
     def __init__(
         self, spec: ModelSpec, replicas: list[Replica[RayModelHandle]] | None = None
     ) -> None:
-        super().__init__(spec.name, replicas)
+        super().__init__(spec.name, replicas, cooldown=spec.cooldown)
         self.spec = spec
 
     # Not coroutines themselves: they hand back balanced()'s, one frame less per model call.

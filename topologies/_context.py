@@ -27,10 +27,14 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, NoReturn, TypeVar
 
+import structlog
+
 from cantata.agents import (
+    BackendError,
     Budget,
     BudgetExhaustedError,
     CantataError,
+    CircuitOpenError,
     DeadlineExceededError,
     EmbedReply,
     EmbedRequest,
@@ -39,7 +43,9 @@ from cantata.agents import (
     ModelReply,
     ModelRequest,
     ModelSpec,
+    OverloadedError,
     QuorumNotReachedError,
+    RequestRejectedError,
     Span,
     StructuredOutputError,
     Task,
@@ -49,6 +55,7 @@ from cantata.agents import (
     bound,
     choice_output,
     choice_type,
+    counts_against_replica,
     new_id,
     parse_output,
 )
@@ -60,6 +67,8 @@ from ._runtime import AgentHandle, ModelHandle
 from ._spec import Member, member_name
 
 __all__ = ["DEADLINE_GRACE_S", "PatternRunner", "RequestContext", "gather_all", "until"]
+
+log = structlog.get_logger("cantata.topology")
 
 R = TypeVar("R")
 T = TypeVar("T")
@@ -89,6 +98,14 @@ async def until(deadline: float | None, what: str) -> AsyncIterator[None]:
             yield
     except TimeoutError:
         raise DeadlineExceededError(f"{what}: the request's deadline passed") from None
+
+
+def _model_failed(error: CantataError) -> bool:
+    """Whether a model call failed for the model's reasons, so another model may answer it:
+    not for the request's (rejected as wrong, late, over budget)."""
+    if isinstance(error, CircuitOpenError | OverloadedError) or counts_against_replica(error):
+        return True
+    return isinstance(error, BackendError) and not isinstance(error, RequestRejectedError)
 
 
 async def gather_all(calls: Iterable[Awaitable[T]]) -> list[T]:
@@ -181,7 +198,35 @@ class RequestContext:
     async def ask(
         self, model: str, text: str, options: CallOptions, *, parent_id: str
     ) -> ModelReply:
-        """Send ``text`` through ``options.prompt`` to ``model``; record its span and spend."""
+        """Send ``text`` through ``options.prompt`` to ``model``; record its span and spend.
+
+        A call the model failed for its own reasons goes to the model's ``fallback`` (and
+        its fallback's, in turn); every attempt keeps its span.
+        """
+        try:
+            return await self._ask(model, text, options, parent_id=parent_id)
+        except CantataError as exc:
+            fallback = self._fallback(model, exc)
+            if fallback is None:
+                raise
+            return await self.ask(fallback, text, options, parent_id=parent_id)
+
+    def _fallback(self, model: str, error: CantataError) -> str | None:
+        """The model to ask instead of ``model`` after ``error``, if any."""
+        spec = self.handles[model].spec.fallback
+        if spec is None or spec.name not in self.handles or not _model_failed(error):
+            return None
+        log.warning(
+            "model failed; asking its fallback",
+            model=model,
+            fallback=spec.name,
+            kind=type(error).__name__,
+        )
+        return spec.name
+
+    async def _ask(
+        self, model: str, text: str, options: CallOptions, *, parent_id: str
+    ) -> ModelReply:
         if self.budget.exhausted:
             self._refuse(
                 BudgetExhaustedError(f"no budget left before calling {model}"), model, parent_id
@@ -236,7 +281,18 @@ class RequestContext:
     async def embed(
         self, model: str, texts: tuple[str, ...], *, parent_id: str, input_type: str = "query"
     ) -> EmbedReply:
-        """Embed ``texts`` with ``model``; record its span."""
+        """Embed ``texts`` with ``model`` (or its fallback, as :meth:`ask`); record its span."""
+        try:
+            return await self._embed(model, texts, parent_id=parent_id, input_type=input_type)
+        except CantataError as exc:
+            fallback = self._fallback(model, exc)
+            if fallback is None:
+                raise
+            return await self.embed(fallback, texts, parent_id=parent_id, input_type=input_type)
+
+    async def _embed(
+        self, model: str, texts: tuple[str, ...], *, parent_id: str, input_type: str
+    ) -> EmbedReply:
         request = EmbedRequest(
             trace_id=self.trace_id,
             parent_span_id=parent_id,

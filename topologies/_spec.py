@@ -214,7 +214,10 @@ class _TopologyBase(Frozen, abc.ABC):
     def _walk_models(self) -> Iterator[ModelSpec]:
         for member in self.parts():
             if isinstance(member, ModelSpec):
-                yield member
+                model: ModelSpec | None = member
+                while model is not None:  # a model's fallbacks start with it
+                    yield model
+                    model = model.fallback
             else:
                 yield from member._walk_models()
 
