@@ -16,6 +16,7 @@ from typer._click.exceptions import ClickException, UsageError
 from cantata.agents import LogConfig, configure_logging, new_id
 from cantata.topologies import load_code, load_topology
 
+from ._cli_cluster import add_cluster_commands
 from ._cli_common import (
     AddressOption,
     ExitCode,
@@ -127,6 +128,7 @@ def run(
 add_deployment_commands(app)
 add_eval_command(app)
 add_cost_command(app)
+add_cluster_commands(app)
 
 
 def main() -> None:

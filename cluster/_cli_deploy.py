@@ -35,7 +35,7 @@ def join_cluster(address: str | None, runtime_env: dict[str, Any] | None = None)
     if not address:
         raise RuntimeFailure(
             "deployments live on a running Ray cluster: give --address (or set RAY_ADDRESS);"
-            " start one with `ray start --head --node-ip-address=127.0.0.1`"
+            " on this machine, `cantata cluster up` starts one (then export what it prints)"
         )
     configure_logging(LogConfig())
     connect(address, runtime_env=runtime_env)
