@@ -18,11 +18,17 @@ class Cooldown(Frozen):
     broken), the replica gets no calls for ``cooldown_s``: traffic moves to the model's other
     replicas, or, when every replica is cooling down, to the model's ``fallback``
     (:class:`~cantata.agents.CircuitOpenError` without one). After the cooldown one call tries
-    it again: a success closes the breaker, a failure opens it for another cooldown.
+    it again: a success closes the breaker; a failure opens it for twice as long as the last
+    time, up to ``max_cooldown_s`` (backoff, so a dead replica costs few calls).
     """
 
     after_failures: PositiveInt = 5
     cooldown_s: PositiveFloat = 30.0
+    max_cooldown_s: PositiveFloat = 300.0
+
+    def duration(self, openings: int) -> float:
+        """Seconds of the ``openings``-th cooldown in a row (1-based)."""
+        return float(min(self.max_cooldown_s, self.cooldown_s * 2 ** max(openings - 1, 0)))
 
 
 class Autoscaling(Frozen):

@@ -42,6 +42,8 @@ from cantata.agents import (
     Resources,
     RuntimeFailure,
     UnschedulableError,
+    excerpt,
+    scrub,
 )
 
 from ._reservations import actor_options, check_feasible, placement_bundle
@@ -74,11 +76,17 @@ A model's ``max_concurrency`` is enforced inside its actor instead, where calls 
 slot can be counted and their deadlines kept, and health checks never queue behind them.
 """
 
-MAX_RESTARTS = -1
-"""The restart policy: an actor lost with its process or node comes back (in its bundle).
+MAX_RESTARTS = 3
+"""The restart policy: an actor lost with its process or node comes back (in its bundle), at
+most this many times.
 
 Calls in flight on it fail with :class:`~cantata.agents.ActorDiedError`, and the replica
-sets retry them on another replica; a coordinator's callers do the same.
+sets retry them on another replica; a coordinator's callers do the same. The bound is the
+supervisor's restart intensity (as in OTP): an actor that keeps dying (a model that crashes
+its process on some input, say) is not restarted forever. Once it is spent the replica stays
+dead, its callers route around it (its circuit breaker opens) and fall back where the
+topology declares a fallback, and ``cantata status`` says it died and why. A node that comes
+back after a loss costs each of its actors one restart.
 """
 
 _REMOTE: dict[type, Any] = {}
@@ -250,9 +258,18 @@ def translate(exc: BaseException, what: str, *, model: str = "", actor_id: str =
         if model:
             return BackendError(detail, model=model)
         return RuntimeFailure(detail)
-    if isinstance(exc, ray.exceptions.RayActorError | ray.exceptions.ActorUnavailableError):
+    if isinstance(exc, ray.exceptions.ActorUnavailableError):
         return ActorDiedError(
-            f"{what}: the actor is dead, restarting or unreachable ({type(exc).__name__})",
+            f"{what}: the actor is restarting or unreachable ({type(exc).__name__})",
+            actor_id=actor_id,
+        )
+    if isinstance(exc, ray.exceptions.RayActorError):
+        # Ray's own account of the death (worker exit type and detail, lost node, spent
+        # restarts): what an operator reading status needs. Bounded, and scrubbed, since an
+        # actor that failed in its constructor is quoted with its exception.
+        why = excerpt(scrub(" ".join(str(exc).split())), 400)
+        return ActorDiedError(
+            f"{what}: the actor died or is restarting ({type(exc).__name__}: {why})",
             actor_id=actor_id,
         )
     if isinstance(exc, ray.exceptions.GetTimeoutError):

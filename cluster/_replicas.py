@@ -55,6 +55,7 @@ class Replica(Generic[H]):
     served: int = 0
     draining: bool = False
     failures: int = 0  # in a row, for the replica's own reasons
+    openings: int = 0  # of its breaker, in a row: each cooldown is twice the last
     cooling_until: float = 0.0  # monotonic; nonzero while its breaker is open
 
 
@@ -109,7 +110,9 @@ class Balanced(Generic[H]):
         replica.failures += 1
         if replica.failures >= self.cooldown.after_failures:
             # Open, or open again after a failed trial call: no calls until the cooldown ends.
-            replica.cooling_until = time.monotonic() + self.cooldown.cooldown_s
+            replica.openings += 1
+            wait_s = self.cooldown.duration(replica.openings)
+            replica.cooling_until = time.monotonic() + wait_s
 
     def update(self, members: Sequence[tuple[int, H]]) -> None:
         """Take a new membership (after a scale), keeping what is known of the replicas kept."""
@@ -143,7 +146,7 @@ class Balanced(Generic[H]):
                 replica.in_flight -= 1
             replica.served += 1
             if replica.failures:
-                replica.failures = 0  # a success closes the breaker
+                replica.failures = replica.openings = 0  # a success closes the breaker
                 replica.cooling_until = 0.0
             return result
 

@@ -64,18 +64,22 @@ async def test_a_replica_failing_in_a_row_cools_down_and_a_trial_call_closes_it(
     assert endpoint.calls == 7
 
 
-async def test_a_failed_trial_call_opens_the_breaker_again_at_once():
+async def test_a_failed_trial_call_opens_the_breaker_again_for_twice_as_long():
     endpoint = Endpoint(up=False)
-    balanced = replicas(endpoint, cooldown=Cooldown(after_failures=2, cooldown_s=0.2))
+    cooldown = Cooldown(after_failures=2, cooldown_s=0.2, max_cooldown_s=0.3)
+    balanced = replicas(endpoint, cooldown=cooldown)
     for _ in range(2):
         with pytest.raises(EndpointUnreachableError):
             await balanced.balanced(call, "q")
     await asyncio.sleep(0.3)
     with pytest.raises(EndpointUnreachableError):
         await balanced.balanced(call, "q")  # the trial call fails
-    with pytest.raises(CircuitOpenError):
+    with pytest.raises(CircuitOpenError) as refusal:
         await balanced.balanced(call, "q")
     assert endpoint.calls == 3
+    assert balanced.replicas[0].openings == 2  # its second cooldown: doubled, up to the max
+    assert refusal.value.retry_after_s <= 0.3
+    assert [cooldown.duration(n) for n in (1, 2, 3)] == [0.2, 0.3, 0.3]
 
 
 async def test_traffic_moves_to_the_healthy_replica_while_the_failing_one_cools_down():
