@@ -73,6 +73,7 @@ class AgentActor:
         self.in_flight = 0
         self.served = 0
         self.refused = 0
+        self.shutting = False
         self.max_in_flight = (
             node.coordinator.max_in_flight if role == "coordinator" else node.host.max_in_flight
         )
@@ -130,6 +131,11 @@ class AgentActor:
         Every request is entered in the owner's cost ledger (failed ones with the spans they
         finished); one the budget refuses raises :class:`~cantata.agents.BudgetExceededError`.
         """
+        if self.shutting:
+            self.refused += 1
+            raise RuntimeFailure(
+                f"deployment of '{self.node.name}' is being taken down; it takes no new requests"
+            )
         self._admit()
         await self._refresh()
         cost_limit = None
@@ -159,6 +165,10 @@ class AgentActor:
         self._record(list(result.trace), route, False)
         return result
 
+    def shut(self) -> None:
+        """Refuse new requests from now on (the deployment is draining); those in flight go on."""
+        self.shutting = True
+
     def _admit(self) -> None:
         # Refused at once rather than queued without bound: memory stays bounded, and the
         # requests already accepted keep their latency.
@@ -186,6 +196,7 @@ class AgentActor:
             in_flight=self.in_flight,
             served=self.served,
             refused=self.refused,
+            detail="shutting down: refusing new requests" if self.shutting else "",
         )
 
     def close(self) -> None:

@@ -180,9 +180,15 @@ class DeploymentController:
         return await self.status()
 
     async def drain(self) -> None:
-        """Stop taking requests, let those in flight finish, then free every reservation."""
+        """Stop taking requests, let those in flight finish, then free every reservation.
+
+        New requests are refused at once with a typed error from the moment the drain begins;
+        those in flight get up to the fleet's drain timeout to finish.
+        """
         for task in self._tasks:
             task.cancel()
+        refusing = [handle.shut() for handle in self.fleet.coordinators()]
+        await asyncio.gather(*refusing, return_exceptions=True)  # a dead one takes nothing
         await self.fleet.stop()
         self._book_reservations()
         self.telemetry.flush()

@@ -186,6 +186,10 @@ class RayAgentHandle:
         """Resolves once the actor is scheduled and ready."""
         return await self.status()
 
+    async def shut(self) -> None:
+        """Make a coordinator refuse new requests (its deployment is draining)."""
+        await self._call(self.actor.shut.remote(), "shutting")
+
     async def close(self) -> None:
         """Flush the actor's telemetry before it is killed."""
         await self._call(self.actor.close.remote(), "closing")

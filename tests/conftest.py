@@ -12,11 +12,22 @@ import os
 # Before Ray is imported: keep cluster_utils nodes on loopback instead of the outward address.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A run stopped by SIGTERM (a CI timeout, say) unwinds as Ctrl-C does: every fixture's
+    # teardown runs, so the Ray clusters and `ray start` nodes the tests started are stopped.
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 @dataclass(frozen=True)

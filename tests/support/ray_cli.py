@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import os
 import signal
 import socket
@@ -14,6 +16,8 @@ from pathlib import Path
 
 __all__ = ["free_port", "ray_start", "two_node_cluster", "wait_for_nodes"]
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -21,10 +25,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _die_with_parent() -> None:
+    # Runs in the child before exec: the kernel sends it SIGTERM when the test process dies,
+    # however it dies (SIGKILL included), and `ray start --block` then stops what it started.
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def ray_start(
     node_ip: str, args: list[str], *, python: Path | None = None
 ) -> subprocess.Popen[bytes]:
-    """``ray start --block`` on ``node_ip`` (with another environment's Ray if given)."""
+    """``ray start --block`` on ``node_ip`` (with another environment's Ray if given).
+
+    The node stops when this process ends, even when it is killed: a test run that is
+    interrupted leaves no Ray node behind.
+    """
     ray_cli = (python or Path(sys.executable)).with_name("ray")
     # The session's cluster_utils switch would make `ray start` refuse to join a cluster.
     unwanted = {"RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
@@ -37,6 +52,7 @@ def ray_start(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
+        preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
     )
 
 

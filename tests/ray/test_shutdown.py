@@ -1,0 +1,72 @@
+"""Taking a deployment down: new requests are refused at once, typed; those in flight finish;
+nothing is left behind."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import ray
+from ray.util.placement_group import placement_group_table
+
+from cantata.agents import FunctionConfig, ModelRequest, ModelSpec, Resources, RuntimeFailure
+from cantata.cluster import deploy
+from cantata.topologies import SingleSpec
+
+pytestmark = pytest.mark.ray
+
+
+def held_until(release: Path):
+    async def answer(request: ModelRequest) -> str:
+        for _ in range(12000):  # at most 10 minutes: the test releases it long before
+            if release.exists():
+                return "finished: " + request.messages[-1].content
+            await asyncio.sleep(0.05)
+        return "never released"
+
+    return answer
+
+
+def until(predicate, limit_s: float = 60.0) -> bool:
+    give_up = time.monotonic() + limit_s
+    while not predicate() and time.monotonic() < give_up:
+        time.sleep(0.1)
+    return predicate()
+
+
+def live_groups() -> int:
+    return sum(1 for group in placement_group_table().values() if group["state"] != "REMOVED")
+
+
+def test_down_refuses_new_requests_and_lets_those_in_flight_finish(ray_cluster, tmp_path):
+    groups_before = live_groups()
+    release = tmp_path / "release"
+    topology = SingleSpec(
+        name="held",
+        model=ModelSpec(
+            name="m",
+            backend=FunctionConfig(fn=held_until(release)),
+            resources=Resources(num_cpus=0.1),
+        ),
+    )
+    deployment = deploy(topology, "shutdown-test")
+    (coordinator,) = deployment._balancer().replicas
+    actor = coordinator.handle.actor
+    in_flight = actor.call.remote("first", None, None)
+    assert until(lambda: ray.get(actor.status.remote()).in_flight == 1)
+
+    down = threading.Thread(target=deployment.down)
+    down.start()
+    try:
+        assert until(lambda: "shutting down" in ray.get(actor.status.remote()).detail)
+        with pytest.raises(RuntimeFailure, match="taken down"):
+            deployment.call("second")
+    finally:
+        release.touch()
+        down.join(timeout=120)
+    assert not down.is_alive()
+    assert ray.get(in_flight).text == "finished: first"
+    assert until(lambda: live_groups() == groups_before)
