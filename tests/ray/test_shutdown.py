@@ -70,3 +70,36 @@ def test_down_refuses_new_requests_and_lets_those_in_flight_finish(ray_cluster, 
     assert not down.is_alive()
     assert ray.get(in_flight).text == "finished: first"
     assert until(lambda: live_groups() == groups_before)
+
+
+def test_scaling_down_with_calls_in_flight_loses_none_of_them(ray_cluster, tmp_path):
+    release = tmp_path / "release"
+    topology = SingleSpec(
+        name="held",
+        model=ModelSpec(
+            name="m",
+            backend=FunctionConfig(fn=held_until(release)),
+            resources=Resources(num_cpus=0.1),
+            replicas=2,
+        ),
+    )
+    deployment = deploy(topology, "scale-down-test")
+    try:
+        (coordinator,) = deployment._balancer().replicas
+        calls = [coordinator.handle.actor.call.remote(f"q{i}", None, None) for i in range(4)]
+
+        def in_flight() -> list[int]:
+            return [r.in_flight for r in deployment.status().models[0].replicas]
+
+        assert until(lambda: in_flight() == [2, 2])  # both replicas hold calls
+        scaling = threading.Thread(target=deployment.scale, args=("m", 1))
+        scaling.start()
+        release.touch()
+        scaling.join(timeout=120)
+        assert not scaling.is_alive()
+        texts = sorted(result.text for result in ray.get(calls))
+        replicas = deployment.status().models[0].replicas
+    finally:
+        deployment.down()
+    assert texts == [f"finished: q{i}" for i in range(4)]
+    assert len(replicas) == 1

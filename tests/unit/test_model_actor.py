@@ -13,6 +13,7 @@ from cantata.agents import (
     BackendError,
     Budget,
     BudgetExhaustedError,
+    CustomConfig,
     DeadlineExceededError,
     EmbedRequest,
     FunctionConfig,
@@ -25,7 +26,7 @@ from cantata.agents import (
     Pricing,
     StructuredOutputError,
 )
-from cantata.agents.backends import Completion
+from cantata.agents.backends import Completion, ModelBackend
 
 CITY = JsonSchemaFormat(
     name="city",
@@ -200,3 +201,22 @@ async def test_calls_beyond_the_queue_are_refused_at_once_and_the_accepted_ones_
     health = await actor.health()
     assert [reply.text for reply in replies] == ["ok"] * 3
     assert (health.served, health.rejected, health.failed, health.queued) == (3, 1, 0, 0)
+
+
+async def test_concurrent_first_calls_load_the_model_once():
+    class SlowToLoad(ModelBackend):
+        starts = 0
+
+        async def start(self) -> None:
+            SlowToLoad.starts += 1
+            await asyncio.sleep(0.05)  # the other first calls arrive while it loads
+
+        async def complete(self, request: ModelRequest) -> Completion:
+            return Completion(text="ok")
+
+    actor = ModelActor(ModelSpec(name="m", backend=CustomConfig(factory=lambda _r: SlowToLoad())))
+    replies = await asyncio.gather(
+        *(actor.complete(ModelRequest.from_prompt("hi")) for _ in range(5))
+    )
+    assert [reply.text for reply in replies] == ["ok"] * 5
+    assert SlowToLoad.starts == 1
