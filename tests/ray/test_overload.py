@@ -10,7 +10,8 @@ import pytest
 import ray
 
 from cantata.agents import FunctionConfig, ModelRequest, ModelSpec, OverloadedError, Resources
-from cantata.cluster import deploy
+from cantata.cluster import RayRuntime, deploy
+from cantata.cluster._replicas import ReplicaSet
 from cantata.topologies import Coordinator, SingleSpec
 
 pytestmark = pytest.mark.ray
@@ -53,3 +54,47 @@ def test_a_full_coordinator_refuses_at_once_and_says_so_in_status(ray_cluster):
         deployment.down()
     assert refusal.value.limit == 1
     assert status.refused == 1
+
+
+def held_until(release):
+    async def answer(request: ModelRequest) -> str:
+        for _ in range(12000):  # at most 10 minutes: the test releases it long before
+            if release.exists():
+                return "done"
+            await asyncio.sleep(0.05)
+        return "never released"
+
+    return answer
+
+
+async def test_health_answers_at_once_while_every_slot_is_busy_and_calls_queue(
+    ray_cluster, tmp_path
+):
+    release = tmp_path / "release"
+    spec = ModelSpec(
+        name="busy",
+        backend=FunctionConfig(fn=held_until(release)),
+        resources=Resources(num_cpus=0.1),
+        max_concurrency=2,
+    )
+    runtime = RayRuntime()
+    handles = await runtime.start_models([spec])
+    busy = handles["busy"]
+    assert isinstance(busy, ReplicaSet)
+    replica = busy.replicas[0].handle
+    try:
+        calls = [
+            asyncio.ensure_future(busy.complete(ModelRequest.from_prompt("q"))) for _ in range(16)
+        ]
+        give_up = time.monotonic() + 60
+        health = await replica.health()
+        while (health.in_flight, health.queued) != (2, 14) and time.monotonic() < give_up:
+            await asyncio.sleep(0.05)
+            health = await replica.health()  # answered beside the calls, not behind them
+        release.touch()
+        replies = await asyncio.gather(*calls)
+    finally:
+        release.touch()
+        await runtime.stop_models([busy])
+    assert (health.healthy, health.in_flight, health.queued) == (True, 2, 14)
+    assert [reply.text for reply in replies] == ["done"] * 16
