@@ -6,10 +6,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from tests.support.waiting import until
 
 pytestmark = pytest.mark.ray
 
@@ -47,13 +48,6 @@ def processes_with(text: str) -> list[int]:
             if text in command and alive(int(entry.name)):
                 found.append(int(entry.name))
     return found
-
-
-def until(predicate, limit_s: float = 60.0) -> bool:
-    give_up = time.monotonic() + limit_s
-    while not predicate() and time.monotonic() < give_up:
-        time.sleep(0.2)
-    return predicate()
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="parent-death signals are Linux's")

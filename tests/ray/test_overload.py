@@ -13,6 +13,7 @@ from cantata.agents import FunctionConfig, ModelRequest, ModelSpec, OverloadedEr
 from cantata.cluster import RayRuntime, deploy
 from cantata.cluster._replicas import ReplicaSet
 from cantata.topologies import Coordinator, SingleSpec
+from tests.support.waiting import held_until, until
 
 pytestmark = pytest.mark.ray
 
@@ -20,13 +21,6 @@ pytestmark = pytest.mark.ray
 async def hang(request: ModelRequest) -> str:
     await asyncio.sleep(600)  # only cancellation ends it
     return "too late"
-
-
-def until(predicate, limit_s: float = 60.0) -> bool:
-    give_up = time.monotonic() + limit_s
-    while not predicate() and time.monotonic() < give_up:
-        time.sleep(0.1)
-    return predicate()
 
 
 def test_a_full_coordinator_refuses_at_once_and_says_so_in_status(ray_cluster):
@@ -54,17 +48,6 @@ def test_a_full_coordinator_refuses_at_once_and_says_so_in_status(ray_cluster):
         deployment.down()
     assert refusal.value.limit == 1
     assert status.refused == 1
-
-
-def held_until(release):
-    async def answer(request: ModelRequest) -> str:
-        for _ in range(12000):  # at most 10 minutes: the test releases it long before
-            if release.exists():
-                return "done"
-            await asyncio.sleep(0.05)
-        return "never released"
-
-    return answer
 
 
 async def test_health_answers_at_once_while_every_slot_is_busy_and_calls_queue(
@@ -97,4 +80,4 @@ async def test_health_answers_at_once_while_every_slot_is_busy_and_calls_queue(
         release.touch()
         await runtime.stop_models([busy])
     assert (health.healthy, health.in_flight, health.queued) == (True, 2, 14)
-    assert [reply.text for reply in replies] == ["done"] * 16
+    assert [reply.text for reply in replies] == ["finished: q"] * 16

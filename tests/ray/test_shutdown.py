@@ -3,38 +3,31 @@ nothing is left behind."""
 
 from __future__ import annotations
 
-import asyncio
 import threading
-import time
 from pathlib import Path
 
 import pytest
 import ray
 from ray.util.placement_group import placement_group_table
 
-from cantata.agents import FunctionConfig, ModelRequest, ModelSpec, Resources, RuntimeFailure
+from cantata.agents import FunctionConfig, ModelSpec, Resources, RuntimeFailure
 from cantata.cluster import deploy
 from cantata.topologies import SingleSpec
+from tests.support.waiting import held_until, until
 
 pytestmark = pytest.mark.ray
 
 
-def held_until(release: Path):
-    async def answer(request: ModelRequest) -> str:
-        for _ in range(12000):  # at most 10 minutes: the test releases it long before
-            if release.exists():
-                return "finished: " + request.messages[-1].content
-            await asyncio.sleep(0.05)
-        return "never released"
-
-    return answer
-
-
-def until(predicate, limit_s: float = 60.0) -> bool:
-    give_up = time.monotonic() + limit_s
-    while not predicate() and time.monotonic() < give_up:
-        time.sleep(0.1)
-    return predicate()
+def held(release: Path, replicas: int = 1) -> SingleSpec:
+    return SingleSpec(
+        name="held",
+        model=ModelSpec(
+            name="m",
+            backend=FunctionConfig(fn=held_until(release)),
+            resources=Resources(num_cpus=0.1),
+            replicas=replicas,
+        ),
+    )
 
 
 def live_groups() -> int:
@@ -44,15 +37,7 @@ def live_groups() -> int:
 def test_down_refuses_new_requests_and_lets_those_in_flight_finish(ray_cluster, tmp_path):
     groups_before = live_groups()
     release = tmp_path / "release"
-    topology = SingleSpec(
-        name="held",
-        model=ModelSpec(
-            name="m",
-            backend=FunctionConfig(fn=held_until(release)),
-            resources=Resources(num_cpus=0.1),
-        ),
-    )
-    deployment = deploy(topology, "shutdown-test")
+    deployment = deploy(held(release), "shutdown-test")
     (coordinator,) = deployment._balancer().replicas
     actor = coordinator.handle.actor
     in_flight = actor.call.remote("first", None, None)
@@ -74,16 +59,7 @@ def test_down_refuses_new_requests_and_lets_those_in_flight_finish(ray_cluster, 
 
 def test_scaling_down_with_calls_in_flight_loses_none_of_them(ray_cluster, tmp_path):
     release = tmp_path / "release"
-    topology = SingleSpec(
-        name="held",
-        model=ModelSpec(
-            name="m",
-            backend=FunctionConfig(fn=held_until(release)),
-            resources=Resources(num_cpus=0.1),
-            replicas=2,
-        ),
-    )
-    deployment = deploy(topology, "scale-down-test")
+    deployment = deploy(held(release, replicas=2), "scale-down-test")
     try:
         (coordinator,) = deployment._balancer().replicas
         calls = [coordinator.handle.actor.call.remote(f"q{i}", None, None) for i in range(4)]
