@@ -209,13 +209,23 @@ def call_command(
     address: AddressOption = None,
     json_output: JsonOption = False,
     trace: TraceOption = False,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--timeout",
+            min=0.001,
+            help="Seconds the request may take: its deadline, kept by every model and agent"
+            " it reaches; past it the request fails with DeadlineExceededError and its work"
+            " stops. Default: the topology's timeout_s.",
+        ),
+    ] = None,
 ) -> None:
     """Send one request to a deployment; prints what `cantata run` prints."""
     # Before joining the cluster: a request that cannot be read is a usage error (exit 64).
     request = read_request(input_text, input_file)
     try:
         join_cluster(address)
-        result = get_deployment(name).call(request)
+        result = get_deployment(name).call(request, timeout_s=timeout)
     except Exception as exc:
         report_failure(exc, json_output, trace=trace)
     print_result(result, json_output, trace=trace)
