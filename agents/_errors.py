@@ -273,9 +273,10 @@ class QuorumNotReachedError(TopologyError):
 def counts_against_replica(error: BaseException) -> bool:
     """Whether ``error`` says the replica (or its endpoint) is failing, not the request.
 
-    These open a replica's circuit breaker and send a call to a model's fallback. A request
-    the server rejects, text that misses the schema, a passed deadline, a spent budget or a
-    full queue say nothing about the replica's health.
+    These count towards opening a replica's circuit breaker. A request the server rejects,
+    text that misses the schema, a passed deadline, a spent budget or a full queue say nothing
+    about the replica's health. (A model's fallback answers more: any backend failure but a
+    rejected request; see ``RequestContext.ask``.)
     """
     if isinstance(error, ActorDiedError | EndpointUnreachableError | BackendTimeoutError):
         return True

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
@@ -79,6 +80,7 @@ class Health(Frozen):
     queued: int = Field(default=0, description="Calls waiting for a concurrency slot.")
     served: int
     failed: int
+    pid: int | None = Field(default=None, description="The hosting process.")
     rejected: int = Field(
         default=0,
         description="Requests refused before the backend: invalid, late, over budget, or"
@@ -154,6 +156,7 @@ class ModelActor:
             served=self.served,
             failed=self.failed,
             rejected=self.rejected,
+            pid=os.getpid(),
             detail=self._start_error,
         )
 
@@ -229,7 +232,10 @@ class ModelActor:
                     span = self._span(request, call, time.time(), error=error)
                     error.span = span  # the caller's trace keeps the failed call
                     self.telemetry.span_ended(span)
-                log.warning("model call failed", error=str(error), kind=type(error).__name__)
+                # A refusal of a full replica is counted (metrics, status), not logged as a
+                # failure: a burst would otherwise log a warning per refused call.
+                log_failure = log.debug if isinstance(error, OverloadedError) else log.warning
+                log_failure("model call failed", error=str(error), kind=type(error).__name__)
                 if error is exc:
                     raise
                 # Not chained: a foreign exception may hold request details (headers, keys).

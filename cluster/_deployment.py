@@ -90,7 +90,9 @@ class Deployment:
                     timeout_s=wait_s,
                     actor_id=replica.handle.actor_id,
                 )
-            except ActorDiedError:
+            except ActorDiedError as exc:
+                if exc.actor_id != replica.handle.actor_id:
+                    raise  # a model or agent died under it: the coordinator already retried
                 tried.add(replica.index)
                 if not self._retry or len(tried) >= len(balancer.active()):
                     raise

@@ -321,6 +321,7 @@ class Fleet:
                 return ReplicaStatus(
                     actor_id=handle.actor_id,
                     node_id=health.node_id,
+                    pid=health.pid,
                     healthy=health.healthy,
                     in_flight=health.in_flight,
                     queued=health.queued,

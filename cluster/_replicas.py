@@ -71,10 +71,14 @@ class Balanced(Generic[H]):
         replicas: list[Replica[H]] | None = None,
         *,
         cooldown: Cooldown | None = None,
+        backend_errors_are_ours: bool = False,
     ) -> None:
         self.what = what
         self.replicas: list[Replica[H]] = list(replicas or [])
         self.cooldown = cooldown or Cooldown()
+        # A model replica's backend errors are its own; an agent actor only passes on those of
+        # the models it called, so only its own death counts against it.
+        self.backend_errors_are_ours = backend_errors_are_ours
 
     def active(self) -> list[Replica[H]]:
         """Replicas that take new requests."""
@@ -104,8 +108,13 @@ class Balanced(Generic[H]):
         pair = random.sample(ready, 2)
         return min(pair, key=lambda r: (r.in_flight, r.served, r.index))
 
-    def _failed(self, replica: Replica[H], error: BaseException) -> None:
-        if not counts_against_replica(error):
+    def _failed(self, replica: Replica[H], error: CantataError) -> None:
+        ours = self.backend_errors_are_ours or isinstance(error, ActorDiedError)
+        if not (ours and counts_against_replica(error) and _about(replica, error)):
+            return
+        if replica.cooling_until > time.monotonic():
+            # A call sent before its breaker opened: only a failed trial call (one sent after
+            # the cooldown) opens it again, for twice as long.
             return
         replica.failures += 1
         if replica.failures >= self.cooldown.after_failures:
@@ -131,6 +140,8 @@ class Balanced(Generic[H]):
             try:
                 result = await call(replica.handle, argument)
             except (ActorDiedError, OverloadedError) as exc:
+                if not _about(replica, exc):
+                    raise  # an actor further down died; its own replica set already retried
                 self._failed(replica, exc)
                 # Dead or restarting, or full. Another replica gets one more try; never more,
                 # so a request that kills its replica cannot take the whole set down with it.
@@ -151,13 +162,21 @@ class Balanced(Generic[H]):
             return result
 
 
+def _about(replica: Replica[Any], error: CantataError) -> bool:
+    """Whether ``error`` is about ``replica`` itself, not an actor it called that failed."""
+    if not isinstance(error, ActorDiedError):
+        return True  # refused as full: by the replica itself
+    own = getattr(replica.handle, "actor_id", None)
+    return own is None or error.actor_id == own
+
+
 class ReplicaSet(Balanced[RayModelHandle], ModelHandle):
     """A model's replicas behind one model handle."""
 
     def __init__(
         self, spec: ModelSpec, replicas: list[Replica[RayModelHandle]] | None = None
     ) -> None:
-        super().__init__(spec.name, replicas, cooldown=spec.cooldown)
+        super().__init__(spec.name, replicas, cooldown=spec.cooldown, backend_errors_are_ours=True)
         self.spec = spec
 
     # Not coroutines themselves: they hand back balanced()'s, one frame less per model call.

@@ -7,7 +7,14 @@ answers every request with the next :class:`Reply` of its queue (or :attr:`Scrip
 once the queue is empty). Every request is recorded as a :class:`RecordedRequest`.
 
 Use it as a context manager (or call :meth:`~ScriptedServer.start` / :meth:`~ScriptedServer.stop`);
-stopping wakes handlers that are sleeping in a :attr:`Reply.delay` and closes open connections.
+stopping wakes handlers that are sleeping in a :attr:`Reply.delay` (or between the chunks of a
+trickled body) and closes open connections.
+
+Besides plain answers, a :class:`Reply` can misbehave the ways real servers and proxies do: a
+body trickled a few bytes at a time (``chunk_size``, ``trickle_s``), a chunked body
+(``chunked``) that breaks off before its last chunk (with ``truncate``), any content type
+(``content_type``: an HTML error page, a ``text/event-stream``), and fields or headers that quote
+the request's headers back (``echo_authorization``, ``echo_headers``).
 """
 
 from __future__ import annotations
@@ -37,6 +44,18 @@ class Reply:
     larger than the body, sends the body, then closes the connection. ``echo_authorization``
     makes it a careless server that quotes the request's ``Authorization`` header wherever the
     body says ``{authorization}``.
+
+    Added for fault injection (each defaults to the plain behaviour above):
+
+    - ``content_type`` replaces the Content-Type (``text/html`` for a proxy's error page,
+      ``text/event-stream`` for a stream).
+    - ``chunk_size`` sends the body in pieces of that many bytes, and ``trickle_s`` sleeps before
+      every piece after the first: a slow trickle, each read well within a read timeout.
+    - ``chunked`` sends ``Transfer-Encoding: chunked`` instead of a Content-Length; with
+      ``truncate`` the connection closes before the terminating chunk (a broken stream).
+    - ``echo_headers`` quotes every request header (``name: value; ...``, escaped for a JSON
+      string) wherever the body says ``{headers}``, and both placeholders in the values of
+      ``headers`` too: a server that echoes the request into its answer's headers.
     """
 
     status: int = 200
@@ -46,12 +65,29 @@ class Reply:
     delay: float = 0.0
     truncate: bool = False
     echo_authorization: bool = False
+    content_type: str | None = None
+    chunk_size: int = 0
+    trickle_s: float = 0.0
+    chunked: bool = False
+    echo_headers: bool = False
 
     def payload(self) -> tuple[bytes, str]:
         """The body bytes and their content type."""
         if self.body is not None:
-            return self.body, "text/plain; charset=utf-8"
-        return json.dumps(self.json).encode(), "application/json"
+            return self.body, self.content_type or "text/plain; charset=utf-8"
+        return json.dumps(self.json).encode(), self.content_type or "application/json"
+
+    def pieces(self, data: bytes) -> list[bytes]:
+        """The body as it is written: whole, or in ``chunk_size`` pieces."""
+        if self.chunk_size <= 0 or not data:
+            return [data]
+        return [data[i : i + self.chunk_size] for i in range(0, len(data), self.chunk_size)]
+
+
+def _quoted_headers(headers: Mapping[str, str]) -> bytes:
+    """Every header as ``name: value; ...``, escaped to sit inside a JSON string."""
+    listing = "; ".join(f"{name}: {value}" for name, value in headers.items())
+    return json.dumps(listing)[1:-1].encode()
 
 
 @dataclass(frozen=True)
@@ -117,20 +153,43 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         data, content_type = reply.payload()
+        authorization = headers.get("authorization", "").encode()
         if reply.echo_authorization:
-            data = data.replace(b"{authorization}", headers.get("authorization", "").encode())
+            data = data.replace(b"{authorization}", authorization)
+        if reply.echo_headers:
+            data = data.replace(b"{headers}", _quoted_headers(headers))
+        extra = dict(reply.headers)
+        if reply.echo_headers:
+            quoted = _quoted_headers(headers).decode()
+            extra = {
+                name: value.replace("{authorization}", authorization.decode()).replace(
+                    "{headers}", quoted
+                )
+                for name, value in extra.items()
+            }
         try:
             self.send_response(reply.status)
             self.send_header("Content-Type", content_type)
-            advertised = len(data) + 1000 if reply.truncate else len(data)
-            self.send_header("Content-Length", str(advertised))
-            for name, value in reply.headers.items():
+            if reply.chunked:
+                self.send_header("Transfer-Encoding", "chunked")
+            else:
+                advertised = len(data) + 1000 if reply.truncate else len(data)
+                self.send_header("Content-Length", str(advertised))
+            for name, value in extra.items():
                 self.send_header(name, value)
             if reply.truncate:
                 self.send_header("Connection", "close")
             self.end_headers()
-            self.wfile.write(data)
-            self.wfile.flush()
+            for number, piece in enumerate(reply.pieces(data)):
+                if number and reply.trickle_s and owner._stopping.wait(reply.trickle_s):
+                    self.close_connection = True
+                    return
+                framed = b"%x\r\n%s\r\n" % (len(piece), piece) if reply.chunked else piece
+                self.wfile.write(framed if piece or not reply.chunked else b"")
+                self.wfile.flush()
+            if reply.chunked and not reply.truncate:
+                self.wfile.write(b"0\r\n\r\n")
+                self.wfile.flush()
         except OSError:  # the client gave up (e.g. its read timeout fired)
             self.close_connection = True
             return

@@ -40,7 +40,7 @@ async def call(endpoint: Endpoint, argument: str) -> str:
 
 def replicas(*endpoints: Endpoint, cooldown: Cooldown) -> Balanced[Endpoint]:
     members = [Replica(endpoint, index) for index, endpoint in enumerate(endpoints)]
-    return Balanced("m", members, cooldown=cooldown)
+    return Balanced("m", members, cooldown=cooldown, backend_errors_are_ours=True)
 
 
 async def test_a_replica_failing_in_a_row_cools_down_and_a_trial_call_closes_it():
@@ -94,6 +94,29 @@ async def test_traffic_moves_to_the_healthy_replica_while_the_failing_one_cools_
     # Ties go to the first replica until its breaker opens; then every call goes elsewhere.
     assert outcomes == ["failed"] * 3 + ["ok"] * 7
     assert (failing.calls, healthy.calls) == (3, 7)
+
+
+async def test_calls_failing_after_the_breaker_opened_do_not_lengthen_the_cooldown():
+    async def fails_later(endpoint: Endpoint, argument: str) -> str:
+        await asyncio.sleep(0.01)  # all 32 are in flight when the first failures come back
+        return await endpoint(argument)
+
+    endpoint = Endpoint(up=False)
+    balanced = replicas(endpoint, cooldown=Cooldown(after_failures=5, cooldown_s=2))
+    calls = [balanced.balanced(fails_later, "q") for _ in range(32)]
+    await asyncio.gather(*calls, return_exceptions=True)
+    (replica,) = balanced.replicas
+    assert (endpoint.calls, replica.openings) == (32, 1)  # opened once, for cooldown_s
+
+
+async def test_an_agent_actor_is_not_blamed_for_the_errors_of_the_models_it_called():
+    agents = Balanced(
+        "agent", [Replica(Endpoint(up=False), 0)], cooldown=Cooldown(after_failures=1)
+    )
+    for _ in range(3):
+        with pytest.raises(EndpointUnreachableError):
+            await agents.balanced(call, "q")
+    assert agents.replicas[0].cooling_until == 0.0
 
 
 async def test_failures_of_the_request_do_not_open_the_breaker():
