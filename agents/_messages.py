@@ -60,6 +60,21 @@ def new_id() -> str:
     return f"{random.getrandbits(128):032x}"
 
 
+_QUOTE_CHARS = 300
+
+
+def excerpt(text: str, limit: int = _QUOTE_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was left out: for quoting model
+    output (or a message that embeds it) in an error, a log line or a repair prompt.
+
+    Public as ``cantata.agents.excerpt``. It lives here, with ``accept``, because every other
+    module that quotes untrusted text imports this one.
+    """
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text) - limit} more characters)"
+
+
 class Frozen(BaseModel):
     """Base of every Cantata data model: immutable, strict about fields, re-validated on arrival."""
 
@@ -257,10 +272,27 @@ def accept(message: object, expected: type[M]) -> M:
             )
         return expected.model_validate(message)
     except ValidationError as exc:
-        problems = [
-            f"{'.'.join(str(part) for part in err['loc']) or '<root>'}: {err['msg']}"
-            for err in exc.errors(include_url=False, include_input=False)
-        ]
         raise InvalidMessageError(
-            f"invalid {expected.__name__}: " + "; ".join(problems), errors=problems
+            f"invalid {expected.__name__}: " + "; ".join(problems := _problems(exc)),
+            errors=problems,
         ) from None
+
+
+_LISTED = 10  # problems named in an InvalidMessageError; the rest are counted
+_PROBLEM_CHARS = 200
+
+
+def _problems(exc: ValidationError) -> list[str]:
+    """At most ten of ``exc``'s problems, each cut short: the message is untrusted, and a
+    location can hold its keys (of any length) and an error can come per item of a long list."""
+    errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    problems = [
+        excerpt(
+            f"{'.'.join(str(part) for part in err['loc']) or '<root>'}: {err['msg']}",
+            _PROBLEM_CHARS,
+        )
+        for err in errors[:_LISTED]
+    ]
+    if len(errors) > _LISTED:
+        problems.append(f"and {len(errors) - _LISTED} more")
+    return problems

@@ -9,7 +9,7 @@ import jsonschema
 from pydantic import JsonValue
 
 from ._errors import StructuredOutputError
-from ._messages import JsonSchemaFormat
+from ._messages import JsonSchemaFormat, excerpt
 
 __all__ = ["MAX_STRUCTURED_CHARS", "excerpt", "parse_structured"]
 
@@ -17,15 +17,17 @@ MAX_STRUCTURED_CHARS = 100_000
 """The longest structured reply read. Model output is untrusted: a 10,000-step plan must fail
 at once, not after parsing, validating and quoting all of it."""
 
-_QUOTE_CHARS = 300
+MAX_STRUCTURED_DEPTH = 64
+"""The deepest nesting of arrays and objects read. Role messages nest four deep; checking and
+quoting JSON nested near Python's recursion limit would raise ``RecursionError`` instead."""
 
 
-def excerpt(text: str, limit: int = _QUOTE_CHARS) -> str:
-    """``text`` cut to ``limit`` characters, saying how much was left out: for quoting model
-    output (or a message that embeds it) in an error, a log line or a repair prompt."""
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit]}… ({len(text) - limit} more characters)"
+class _NotJSON(ValueError):
+    """``NaN`` or ``Infinity``: Python's json module reads them, JSON has no such numbers."""
+
+
+def _refuse_constant(name: str) -> object:
+    raise _NotJSON(f"{name} is not a JSON number")
 
 
 def parse_structured(text: str, fmt: JsonSchemaFormat, *, model: str) -> JsonValue:
@@ -38,19 +40,28 @@ def parse_structured(text: str, fmt: JsonSchemaFormat, *, model: str) -> JsonVal
             model=model,
         )
     try:
-        value: JsonValue = json.loads(text)
+        value: JsonValue = json.loads(text, parse_constant=_refuse_constant)
     except json.JSONDecodeError as exc:
         raise StructuredOutputError(
             f"{model} did not answer with JSON for '{fmt.name}': {exc.msg} at char {exc.pos}",
             text=text,
             model=model,
         ) from None
-    except RecursionError:
+    except _NotJSON as exc:
         raise StructuredOutputError(
-            f"{model} answered JSON nested too deep to read for '{fmt.name}'",
+            f"{model} did not answer with JSON for '{fmt.name}': {exc}", text=text, model=model
+        ) from None
+    except RecursionError:
+        too_deep = True
+    else:
+        too_deep = _deeper_than(value, MAX_STRUCTURED_DEPTH)
+    if too_deep:
+        raise StructuredOutputError(
+            f"{model} answered JSON nested too deep to read for '{fmt.name}'"
+            f" (at most {MAX_STRUCTURED_DEPTH} levels are read)",
             text=text,
             model=model,
-        ) from None
+        )
     try:
         validator = _validator(json.dumps(fmt.json_schema, sort_keys=True))
     except jsonschema.SchemaError as exc:
@@ -78,3 +89,19 @@ def _validator(schema_json: str) -> jsonschema.protocols.Validator:
     cls = jsonschema.validators.validator_for(schema)
     cls.check_schema(schema)
     return cls(schema)
+
+
+def _deeper_than(value: JsonValue, limit: int) -> bool:
+    """Whether arrays and objects in ``value`` nest more than ``limit`` deep (no recursion)."""
+    stack: list[tuple[JsonValue, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        children = (
+            item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        )
+        if children is None:
+            continue
+        if depth == limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False

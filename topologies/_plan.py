@@ -101,7 +101,7 @@ def validate_plan(data: JsonValue, executors: Collection[str], max_steps: int) -
     ids = [step.id for step in plan.steps]
     duplicates = sorted(i for i, count in Counter(ids).items() if count > 1)
     if duplicates:
-        problems.append(f"step ids repeat: {duplicates}")
+        problems.append(f"step ids repeat: {excerpt(str(duplicates), 200)}")
     known = set(ids)
     for step in plan.steps:
         if step.executor not in executors:
@@ -119,7 +119,9 @@ def validate_plan(data: JsonValue, executors: Collection[str], max_steps: int) -
     if not problems:
         cycle = _cycle(plan)
         if cycle:
-            problems.append("steps depend on each other in a cycle: " + " -> ".join(cycle))
+            problems.append(
+                "steps depend on each other in a cycle: " + excerpt(" -> ".join(cycle), 300)
+            )
     if problems:
         _reject(problems)
     return plan
@@ -138,24 +140,28 @@ def _reject(problems: list[str]) -> NoReturn:
 
 
 def _cycle(plan: Plan) -> list[str]:
-    """One dependency cycle as a list of step ids, or [] if the plan is acyclic."""
+    """One dependency cycle as a list of step ids, or [] if the plan is acyclic.
+
+    Depth first without recursion: ``validate_plan`` takes any ``max_steps``, and a chain of
+    a few thousand steps would pass Python's recursion limit.
+    """
     needs = {step.id: step.depends_on for step in plan.steps}
     state: dict[str, int] = {}  # 1: on the current path, 2: done
-    path: list[str] = []
-
-    def visit(step_id: str) -> list[str]:
-        state[step_id] = 1
-        path.append(step_id)
-        for dependency in needs[step_id]:
-            if state.get(dependency) == 1:
+    for root, root_needs in needs.items():
+        if root in state:
+            continue
+        state[root] = 1
+        path = [root]
+        pending = [iter(root_needs)]  # per step on the path, the dependencies left to visit
+        while pending:
+            dependency = next(pending[-1], None)
+            if dependency is None:
+                state[path.pop()] = 2
+                pending.pop()
+            elif state.get(dependency) == 1:
                 return [*path[path.index(dependency) :], dependency]
-            if dependency not in state and (found := visit(dependency)):
-                return found
-        path.pop()
-        state[step_id] = 2
-        return []
-
-    for step_id in needs:
-        if step_id not in state and (found := visit(step_id)):
-            return found
+            elif dependency not in state:
+                state[dependency] = 1
+                path.append(dependency)
+                pending.append(iter(needs[dependency]))
     return []
