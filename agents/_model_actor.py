@@ -42,9 +42,11 @@ from ._messages import (
     Span,
     Usage,
     accept,
+    excerpt,
     new_id,
 )
 from ._model_spec import ModelSpec
+from ._secrets import scrub
 from ._structured import parse_structured
 from ._telemetry import RefusalReason, Telemetry
 from .backends import Completion, EmbeddingBackend, ModelBackend
@@ -411,4 +413,6 @@ def _typed(exc: BaseException, model: str) -> BaseException:
     """Cantata errors and cancellation pass through; anything else becomes a BackendError."""
     if isinstance(exc, CantataError | asyncio.CancelledError | KeyboardInterrupt):
         return exc
-    return BackendError(f"{model}: backend raised {type(exc).__name__}: {exc}", model=model)
+    # Bounded and scrubbed: a backend's exception may quote what a server or a model said.
+    detail = excerpt(scrub(str(exc)), MAX_ERROR_CHARS)
+    return BackendError(f"{model}: backend raised {type(exc).__name__}: {detail}", model=model)
