@@ -38,6 +38,7 @@ from typing import Any, TypeVar
 
 import ray
 import ray.cloudpickle
+import structlog
 
 from cantata.agents import (
     CantataError,
@@ -905,7 +906,8 @@ def captured_output(path: Path, level: str = "debug") -> Iterator[None]:
         for descriptor in (*saved, fd):
             os.close(descriptor)
         stream.close()
-        configure_logging()  # the default again, on the restored stderr
+        # structlog as it was before: other tests in this process capture its output.
+        structlog.reset_defaults()
 
 
 def session_dir() -> Path:
