@@ -175,7 +175,7 @@ def listeners(pids: set[int]) -> list[Listener]:
                         inode = int(target[len("socket:[") : -1])
                         if inode in listening:
                             address, port = listening[inode]
-                            found.append(Listener(address, port, pid, command_of(pid)[:80]))
+                            found.append(Listener(address, port, pid, command_of(pid)))
     return found
 
 
