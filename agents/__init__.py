@@ -34,7 +34,7 @@ from ._errors import (
     UnschedulableError,
     counts_against_replica,
 )
-from ._logging import LogConfig, bound, configure_logging
+from ._logging import LogConfig, bound, configure_logging, merge_log_fields
 from ._messages import (
     MESSAGE_ADAPTER,
     Budget,
@@ -202,6 +202,7 @@ __all__ = [
     "counts_against_replica",
     "excerpt",
     "handles",
+    "merge_log_fields",
     "narrow",
     "new_id",
     "one_of",

@@ -6,7 +6,6 @@ import asyncio
 import time
 
 import pytest
-from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
 from cantata.agents import (
@@ -25,6 +24,7 @@ from cantata.agents import (
     OverloadedError,
     Pricing,
     StructuredOutputError,
+    merge_log_fields,
 )
 from cantata.agents.backends import Completion, ModelBackend
 
@@ -157,7 +157,7 @@ async def test_log_lines_carry_trace_agent_and_model():
     actor = actor_for(broken)
     request = ModelRequest.from_prompt("x")
     with (
-        capture_logs(processors=[merge_contextvars]) as logs,
+        capture_logs(processors=[merge_log_fields]) as logs,
         pytest.raises(BackendError),
     ):
         await actor.complete(request)

@@ -109,6 +109,7 @@ PUBLIC_API = {
         "counts_against_replica",
         "excerpt",
         "handles",
+        "merge_log_fields",
         "narrow",
         "new_id",
         "one_of",

@@ -6,7 +6,6 @@ import asyncio
 import time
 
 import pytest
-from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
 from cantata.agents import (
@@ -24,6 +23,7 @@ from cantata.agents import (
     Span,
     Telemetry,
     TelemetryGroup,
+    merge_log_fields,
 )
 from cantata.agents.backends import Completion
 from cantata.topologies import (
@@ -169,7 +169,7 @@ async def test_log_lines_during_a_call_carry_trace_span_agent_model_and_version(
 
     actor = ModelActor(priced("m", chatty))
     request = ModelRequest.from_prompt("x")
-    with capture_logs(processors=[merge_contextvars]) as logs:
+    with capture_logs(processors=[merge_log_fields]) as logs:
         reply = await actor.complete(request)
     (line,) = [entry for entry in logs if entry["event"] == "inside the backend"]
     assert line["trace_id"] == request.trace_id
