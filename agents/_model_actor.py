@@ -88,6 +88,11 @@ class Health(Frozen):
         description="Requests refused before the backend: invalid, late, over budget, or"
         " beyond the replica's queue.",
     )
+    batched: int = Field(
+        default=0,
+        description="Requests that arrived together with others in one runtime call (on Ray:"
+        " calls made in the same event-loop turn share one actor call).",
+    )
     detail: str = ""
 
 

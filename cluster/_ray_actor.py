@@ -9,6 +9,7 @@ per-process logging; it works for :class:`~cantata.agents.ModelActor` and for us
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import ray
@@ -29,6 +30,7 @@ from cantata.agents import (
 from cantata.topologies import ModelHandle, RunResult
 
 from . import _hosting
+from ._batching import BatchedCalls, BatchesInFlight, Outcome, serve_batch
 from ._connection import current_identity
 from ._observability import Observability
 from ._status import ReplicaStatus
@@ -60,11 +62,28 @@ def ray_hosted(base: type[ModelActor]) -> type[ModelActor]:
         configure_logging(log_config)  # each actor is its own process with its own structlog
         base.__init__(self, spec)
         self.__dict__["_ray_identity"] = current_identity()
+        self.__dict__["_batches"] = BatchesInFlight()
         self.telemetry = (observability or Observability()).telemetry("model")
 
     def identity(self: ModelActor) -> Identity:
         identity: Identity = self.__dict__["_ray_identity"]
         return identity
+
+    async def complete_batch(
+        self: ModelActor, batch_id: str, requests: list[ModelRequest]
+    ) -> AsyncIterator[list[Outcome]]:
+        """Answer requests that one caller sent together; see :mod:`._batching`."""
+        # An async generator function itself: that is how Ray knows to stream its results.
+        async for outcomes in serve_batch(self, self.__dict__["_batches"], batch_id, requests):
+            yield outcomes
+
+    def cancel_batched(self: ModelActor, batch_id: str, indices: list[int]) -> None:
+        """Cancel requests of a batch whose callers left; the others run on."""
+        self.__dict__["_batches"].cancel(batch_id, indices)
+
+    async def health(self: ModelActor) -> Health:
+        health = await base.health(self)
+        return health.model_copy(update={"batched": self.__dict__["_batches"].requests})
 
     hosted = type(
         f"Ray{base.__name__}",
@@ -72,6 +91,9 @@ def ray_hosted(base: type[ModelActor]) -> type[ModelActor]:
         {
             "__init__": __init__,
             "identity": identity,
+            "complete_batch": complete_batch,
+            "cancel_batched": cancel_batched,
+            "health": health,
             "__doc__": base.__doc__,
             "__module__": base.__module__,
         },
@@ -94,6 +116,17 @@ class RayModelHandle(ModelHandle):
     def __init__(self, actor: Any, spec: ModelSpec) -> None:
         self.actor = actor
         self.spec = spec
+        self._batched: BatchedCalls | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The batcher belongs to this process's event loop; a copy in another process makes
+        # its own.
+        return {"actor": self.actor, "spec": self.spec}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.actor = state["actor"]
+        self.spec = state["spec"]
+        self._batched = None
 
     @property
     def actor_id(self) -> str:
@@ -110,18 +143,15 @@ class RayModelHandle(ModelHandle):
             ref, f"the call to '{self.spec.name}'", model=self.spec.name, actor_id=self.actor_id
         )
 
-    # complete and embed are every model call's path: they await the actor here, without a
-    # helper coroutine, and word an error only when there is one.
     async def complete(self, request: ModelRequest) -> ModelReply:
-        ref = self.actor.complete.remote(request)
-        try:
-            reply: ModelReply = await ref
-        except ray.exceptions.RayError as exc:
-            raise self._error(exc) from None
-        except asyncio.CancelledError:
-            _hosting.cancel(ref)  # the model stops working for a caller that left
-            raise
-        return reply
+        """The replica's reply; calls made in the same loop turn share one Ray call."""
+        batched = self._batched
+        if batched is None or batched.loop is not asyncio.get_running_loop():
+            batched = self._batched = BatchedCalls(self.actor, self.spec.name, self.actor_id)
+        return await batched.complete(request)
+
+    # embed is every embedding call's path: it awaits the actor here, without a helper
+    # coroutine, and words an error only when there is one.
 
     async def embed(self, request: EmbedRequest) -> EmbedReply:
         ref = self.actor.embed.remote(request)
