@@ -98,7 +98,21 @@ async def sequential(spec: TopologySpec, runtime: Runtime, count: int) -> list[f
         await runtime.stop_models(list(handles.values()))
 
 
-async def concurrent(spec: TopologySpec, runtime: Runtime, count: int, in_flight: int) -> float:
+async def concurrent(
+    spec: TopologySpec,
+    runtime: Runtime,
+    count: int,
+    in_flight: int,
+    *,
+    warmup: int = 0,
+    latencies: list[float] | None = None,
+) -> float:
+    """Requests per second for ``count`` requests, ``in_flight`` at a time.
+
+    ``warmup`` requests (as many in flight) run first, unmeasured. ``latencies``, when given,
+    receives each measured request's seconds from entering flight to its answer (compare.py
+    reports their p90); without it the window times nothing per request.
+    """
     handles = await runtime.start_models(spec.models())
     try:
         gate = asyncio.Semaphore(in_flight)
@@ -107,6 +121,14 @@ async def concurrent(spec: TopologySpec, runtime: Runtime, count: int, in_flight
             async with gate:
                 await answer(spec, "q", handles)
 
+        async def timed(into: list[float]) -> None:
+            async with gate:
+                start = time.perf_counter()
+                await answer(spec, "q", handles)
+                into.append(time.perf_counter() - start)
+
+        if warmup:  # through the same gate, so code paths and connections warm up as measured
+            await asyncio.gather(*(one() for _ in range(warmup)))
         # Every window starts from a full collection. One of the driver's ~115k objects takes
         # 50-70 ms here; whether the interpreter's heuristic happens to start one inside a
         # one-second window depends on what ran before (imports, earlier workloads), not on
@@ -114,7 +136,10 @@ async def concurrent(spec: TopologySpec, runtime: Runtime, count: int, in_flight
         # the workload itself causes are still measured.
         gc.collect()
         start = time.perf_counter()
-        await asyncio.gather(*(one() for _ in range(count)))
+        if latencies is None:
+            await asyncio.gather(*(one() for _ in range(count)))
+        else:
+            await asyncio.gather(*(timed(latencies) for _ in range(count)))
         return count / (time.perf_counter() - start)
     finally:
         await runtime.stop_models(list(handles.values()))
