@@ -139,35 +139,65 @@ def _metric(name: str) -> Any:
     return _created[name]
 
 
-class _GaugeKeeper:
-    """Holds every gauge's latest value and reports them all, twice per Ray report interval.
+Tags = tuple[tuple[str, str], ...]
 
-    Ray's agent drops a gauge that was not reported for two report intervals, so a replica
-    that sits idle, or a reservation that does not change, would vanish from Prometheus if it
-    were reported only when it changed. And reporting on every change is wasted work on the
-    request path: Ray exports once per interval anyway. So :meth:`set` only notes the value,
-    and one daemon thread per process reports every gauge's latest value.
+
+class _Recorder:
+    """Notes metric events on the request path; one daemon thread hands them to Ray.
+
+    A ``ray.util.metrics`` record checks and merges its tags in Python, a few microseconds
+    each, and a model call made four of them: about a fifth of a replica's own work per call
+    under load, spent on the event loop that should be answering. Ray exports once per
+    report interval anyway, so the request path only notes the event here: counters add up
+    per series, histogram observations queue, gauges keep their latest value. A thread reports
+    them twice per interval, and :meth:`report` runs at once when a process flushes (an actor
+    closing). Gauges are reported every time, changed or not: Ray's agent drops a gauge not
+    reported for two intervals, and an idle replica must not vanish from Prometheus.
     """
 
     def __init__(self) -> None:
-        self._values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        self._gauges: dict[tuple[str, Tags], float] = {}
+        self._counts: dict[tuple[str, Tags], float] = {}
+        self._observed: list[tuple[str, float, Tags]] = []
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
-    def set(self, name: str, value: float, tags: tuple[tuple[str, str], ...]) -> None:
+    def set(self, name: str, value: float, tags: Tags) -> None:
         """Note ``value`` as the gauge's latest, for the series ``tags`` (pairs, in order)."""
-        self._values[(name, tags)] = value  # one dict store: atomic under the GIL
+        self._gauges[(name, tags)] = value  # one dict store: atomic under the GIL
+        self._started()
+
+    def count(self, name: str, value: float, tags: Tags) -> None:
+        """Add ``value`` to a counter's series."""
+        key = (name, tags)
+        with self._lock:  # += is a read and a write: not atomic against the report's swap
+            self._counts[key] = self._counts.get(key, 0.0) + value
+        self._started()
+
+    def observe(self, name: str, value: float, tags: Tags) -> None:
+        """Queue an observation for a histogram's series."""
+        self._observed.append((name, value, tags))  # atomic under the GIL
+        self._started()
+
+    def _started(self) -> None:
         if self._thread is None:
             with self._lock:
                 if self._thread is None:
                     self._thread = threading.Thread(
-                        target=self._report_forever, name="cantata-gauges", daemon=True
+                        target=self._report_forever, name="cantata-metrics", daemon=True
                     )
                     self._thread.start()
 
     def report(self) -> None:
-        """Report every gauge's latest value to Ray now."""
-        for (name, tags), value in list(self._values.items()):
+        """Hand Ray everything noted so far, and every gauge's latest value."""
+        with self._lock:
+            counts, self._counts = self._counts, {}
+            observed, self._observed = self._observed, []
+        for (name, tags), total in counts.items():
+            _metric(name).inc(total, tags=dict(tags))
+        for name, value, tags in observed:
+            _metric(name).observe(value, tags=dict(tags))
+        for (name, tags), value in list(self._gauges.items()):
             _metric(name).set(value, tags=dict(tags))
 
     def _report_forever(self) -> None:
@@ -177,7 +207,7 @@ class _GaugeKeeper:
             time.sleep(interval_s)
 
 
-_gauges = _GaugeKeeper()
+_recorder = _Recorder()
 
 
 def _label(value: str | None) -> str:
@@ -195,13 +225,13 @@ class RayMetrics(Telemetry):
     def __init__(self, *, deployment: str, topology: str, node: str | None) -> None:
         self.scope = {"deployment": _label(deployment), "topology": _label(topology)}
         self.node = _label(node)
-        self._tags: dict[tuple[str, str], dict[str, str]] = {}
+        self._tags: dict[tuple[str, str], Tags] = {}
 
-    def _model_tags(self, model: str, version: str) -> dict[str, str]:
+    def _model_tags(self, model: str, version: str) -> Tags:
         # Built once per model: these run on every model call.
         tags = self._tags.get((model, version))
         if tags is None:
-            tags = {**self.scope, "model": model, "version": version, "node": self.node}
+            tags = _pairs({**self.scope, "model": model, "version": version, "node": self.node})
             self._tags[(model, version)] = tags
         return tags
 
@@ -209,62 +239,64 @@ class RayMetrics(Telemetry):
         if span.model is None:
             return  # role steps are traced, not metered; requests are metered whole
         tags = self._model_tags(span.agent, span.model_version or "-")
-        _metric("cantata_model_calls").inc(
-            1.0, tags={**tags, "status": span.status, "error_type": _label(span.error_type)}
-        )
-        _metric("cantata_model_latency_seconds").observe(span.latency_ms / 1000, tags=tags)
+        outcome = (("status", span.status), ("error_type", _label(span.error_type)))
+        _recorder.count("cantata_model_calls", 1.0, (*tags, *outcome))
+        _recorder.observe("cantata_model_latency_seconds", span.latency_ms / 1000, tags)
         if span.input_tokens:
-            _metric("cantata_model_input_tokens").inc(float(span.input_tokens), tags=tags)
+            _recorder.count("cantata_model_input_tokens", float(span.input_tokens), tags)
         if span.output_tokens:
-            _metric("cantata_model_output_tokens").inc(float(span.output_tokens), tags=tags)
+            _recorder.count("cantata_model_output_tokens", float(span.output_tokens), tags)
         if span.cost_usd:
-            _metric("cantata_model_cost_usd").inc(span.cost_usd, tags=tags)
+            _recorder.count("cantata_model_cost_usd", span.cost_usd, tags)
 
     def model_load(self, model: str, version: str, *, in_flight: int, queued: int) -> None:
-        key = tuple(self._model_tags(model, version).items())
-        _gauges.set("cantata_model_in_flight", float(in_flight), key)
-        _gauges.set("cantata_model_queued", float(queued), key)
+        tags = self._model_tags(model, version)
+        _recorder.set("cantata_model_in_flight", float(in_flight), tags)
+        _recorder.set("cantata_model_queued", float(queued), tags)
 
     def refused(self, where: str, reason: RefusalReason, *, model: str = "") -> None:
-        _metric("cantata_refusals").inc(
-            1.0, tags={**self.scope, "where": where, "model": _label(model), "reason": reason}
-        )
+        tags = {**self.scope, "where": where, "model": _label(model), "reason": reason}
+        _recorder.count("cantata_refusals", 1.0, _pairs(tags))
 
     def request_ended(
         self, topology: str, pattern: str, *, latency_s: float, error_type: str | None
     ) -> None:
         tags = {**self.scope, "topology": topology, "pattern": pattern}
         status = "ok" if error_type is None else "error"
-        _metric("cantata_requests").inc(
-            1.0, tags={**tags, "status": status, "error_type": _label(error_type)}
-        )
-        _metric("cantata_request_latency_seconds").observe(latency_s, tags=tags)
+        outcome = {"status": status, "error_type": _label(error_type)}
+        _recorder.count("cantata_requests", 1.0, _pairs({**tags, **outcome}))
+        _recorder.observe("cantata_request_latency_seconds", latency_s, _pairs(tags))
 
     def routed(self, router: str, route: Route) -> None:
-        _metric("cantata_route_decisions").inc(
-            1.0,
-            tags={
-                **self.scope,
-                "router": router,
-                "label": route.label,
-                "target": route.target,
-                "defaulted": "true" if route.defaulted else "false",
-            },
-        )
+        tags = {
+            **self.scope,
+            "router": router,
+            "label": route.label,
+            "target": route.target,
+            "defaulted": "true" if route.defaulted else "false",
+        }
+        _recorder.count("cantata_route_decisions", 1.0, _pairs(tags))
 
     def decided(self, topology: str, pattern: str, decision: Decision) -> None:
         tags = {**self.scope, "decider": topology, "pattern": pattern}
-        _metric("cantata_decisions").inc(
-            1.0, tags={**tags, "escalated": "true" if decision.escalated else "false"}
-        )
-        _metric("cantata_vote_agreement").observe(decision.agreement, tags=tags)
+        escalated = {"escalated": "true" if decision.escalated else "false"}
+        _recorder.count("cantata_decisions", 1.0, _pairs({**tags, **escalated}))
+        _recorder.observe("cantata_vote_agreement", decision.agreement, _pairs(tags))
+
+    def flush(self) -> None:
+        """Hand Ray what this process has noted (an actor about to close)."""
+        _recorder.report()
+
+
+def _pairs(tags: dict[str, str]) -> Tags:
+    return tuple(tags.items())
 
 
 def set_reservation_rate(
     *, deployment: str, topology: str, model: str, version: str, usd_per_hour: float
 ) -> None:
     """Publish what a deployed model's reservation costs per hour (its replicas together)."""
-    _gauges.set(
+    _recorder.set(
         "cantata_model_reservation_usd_per_hour",
         usd_per_hour,
         (
@@ -280,7 +312,7 @@ def set_replica_count(
     *, deployment: str, topology: str, target: str, kind: str, count: int
 ) -> None:
     """Publish how many replicas a deployed model or agent actor has."""
-    _gauges.set(
+    _recorder.set(
         "cantata_replicas",
         float(count),
         (

@@ -27,6 +27,7 @@ from cantata.agents import (
 )
 from cantata.agents.backends import Completion
 from cantata.cluster import SERIES, Deployment, deploy
+from cantata.cluster._metrics import record_scaling_decision
 from cantata.topologies import (
     ConsensusSpec,
     DeploymentBudget,
@@ -190,7 +191,18 @@ def test_prometheus_holds_per_model_route_and_escalation_series(deployed):
 
 
 def test_every_dashboard_query_names_a_series_ray_exports(deployed):
-    found = scrape_until({"ray_cantata_model_queued": {"deployment": "obs"}})
+    # No deployment here autoscales; the counter its panel reads is recorded as the
+    # autoscaler records it, so this test does not lean on an earlier module having scaled.
+    record_scaling_decision(
+        deployment="obs", topology="obs-router", target="clf", kind="model", direction="up",
+        outcome="scaled",
+    )  # fmt: skip
+    found = scrape_until(
+        {
+            "ray_cantata_model_queued": {"deployment": "obs"},
+            "ray_cantata_autoscaling_decisions_total": {"deployment": "obs"},
+        }
+    )
     dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
     queries = [
         target["expr"]
