@@ -32,6 +32,7 @@ from cantata.topologies import ModelHandle, RunResult
 from . import _hosting
 from ._batching import BatchedCalls, BatchesInFlight, Outcome, serve_batch
 from ._connection import current_identity
+from ._heap import settle_heap
 from ._observability import Observability
 from ._status import ReplicaStatus
 
@@ -81,6 +82,11 @@ def ray_hosted(base: type[ModelActor]) -> type[ModelActor]:
         """Cancel requests of a batch whose callers left; the others run on."""
         self.__dict__["_batches"].cancel(batch_id, indices)
 
+    async def start(self: ModelActor) -> Health:
+        health = await base.start(self)
+        settle_heap()  # the model is loaded: what the process holds now, it holds for good
+        return health
+
     async def health(self: ModelActor) -> Health:
         health = await base.health(self)
         return health.model_copy(update={"batched": self.__dict__["_batches"].requests})
@@ -93,6 +99,7 @@ def ray_hosted(base: type[ModelActor]) -> type[ModelActor]:
             "identity": identity,
             "complete_batch": complete_batch,
             "cancel_batched": cancel_batched,
+            "start": start,
             "health": health,
             "__doc__": base.__doc__,
             "__module__": base.__module__,
