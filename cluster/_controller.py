@@ -21,7 +21,7 @@ from cantata.topologies import Code, DeploymentBudget, TopologySpec, hosted_node
 from ._autoscaler import Autoscaler
 from ._connection import current_identity
 from ._fleet import Fleet
-from ._ledger import CostBy, CostLedger, CostReport
+from ._ledger import CostBy, CostLedger, CostReport, LedgerEntry
 from ._metrics import set_reservation_rate
 from ._observability import Observability
 from ._ray_actor import RayAgentHandle
@@ -103,9 +103,13 @@ class DeploymentController:
         """What the next request may spend; raises BudgetExceededError when nothing."""
         return self.guard.admit()
 
-    def record(self, spans: list[Span], route: str | None, failed: bool) -> None:
-        """Enter one request's spans in the ledger (coordinators report every request)."""
-        self.ledger.record([s for s in spans if isinstance(s, Span)], route=route, failed=failed)
+    def record(self, entries: list[LedgerEntry]) -> None:
+        """Enter requests in the ledger: each one's spans, route and whether it failed
+        (coordinators report every request, several at a time under load)."""
+        for spans, route, failed in entries:
+            self.ledger.record(
+                [s for s in spans if isinstance(s, Span)], route=route, failed=failed
+            )
         self.guard.check_alert()
 
     # -- books -------------------------------------------------------------------------

@@ -23,9 +23,11 @@ from pydantic import NonNegativeFloat, NonNegativeInt
 
 from cantata.agents import Frozen, Span
 
-__all__ = ["CostBy", "CostLedger", "CostReport", "CostRow"]
+__all__ = ["CostBy", "CostLedger", "CostReport", "CostRow", "LedgerEntry"]
 
 CostBy = Literal["model", "route", "version"]
+LedgerEntry = tuple[list[Span], str | None, bool]
+"""One request as a coordinator reports it: its spans, the route it took, whether it failed."""
 
 BUCKET_S = 60
 RETAIN_S = 7 * 24 * 3600

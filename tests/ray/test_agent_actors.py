@@ -171,6 +171,27 @@ def test_killing_a_coordinator_loses_no_request(ray_cluster):
         deployment.down()
 
 
+def test_every_request_of_a_burst_reaches_the_books(ray_cluster):
+    """Under load a coordinator sends ledger entries together; none is lost, and a caller
+    that reads the books after its last answer finds every request in them."""
+    spec = SingleSpec(
+        name="booked", model=model("steady", say("done", delay_s=0.2), max_concurrency=64)
+    )
+    deployment = deploy(spec, "books")
+    try:
+
+        async def burst() -> list[object]:
+            return await asyncio.gather(*(deployment.acall(f"q{i}") for i in range(40)))
+
+        outcomes = asyncio.run(burst())
+        assert [getattr(o, "text", None) for o in outcomes] == ["done"] * 40
+        assert wait_for(lambda: deployment.cost().total.requests == 40, 30)
+        assert deployment.call("one more").text == "done"  # alone: booked before its answer
+        assert deployment.cost().total.requests == 41
+    finally:
+        deployment.down()
+
+
 def classify(request: ModelRequest) -> str:
     text = request.messages[-1].content
     return '{"label": "%s", "confidence": 0.9}' % ("slow" if "slow" in text else "quick")

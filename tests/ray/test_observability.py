@@ -93,7 +93,11 @@ def support_router() -> RouterSpec:
 
 @pytest.fixture(scope="module")
 def deployed(ray_cluster) -> Iterator[tuple[Deployment, Deployment]]:
-    """The router, called twice per route, and a budgeted deployment that refused one call."""
+    """The router, called twice per route, and a budgeted deployment that refused one call.
+
+    Ends once Ray has freed what they reserved (removals are asynchronous), so the next
+    module's tests start from a quiet cluster."""
+    before = ray.available_resources()
     router = deploy(support_router(), "obs")
     budgeted = deploy(
         SingleSpec(name="metered", model=model("meter", answering("ok"))),
@@ -112,6 +116,10 @@ def deployed(ray_cluster) -> Iterator[tuple[Deployment, Deployment]]:
     finally:
         router.down()
         budgeted.down()
+    give_up = time.monotonic() + 30
+    while ray.available_resources() != before and time.monotonic() < give_up:
+        time.sleep(0.2)
+    assert ray.available_resources() == before
 
 
 def scrape() -> dict[str, list[dict[str, str]]]:
