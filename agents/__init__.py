@@ -64,6 +64,7 @@ from ._model_spec import (
     OpenAIConfig,
     OpenAIEmbeddingsConfig,
     Pricing,
+    XLlamaCppConfig,
 )
 from ._output import (
     choice_output,
@@ -194,6 +195,7 @@ __all__ = [
     "TopologySpecError",
     "UnschedulableError",
     "Usage",
+    "XLlamaCppConfig",
     "accept",
     "bound",
     "choice_output",

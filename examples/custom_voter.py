@@ -20,7 +20,7 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
-from cantata.agents import Ballot, Decision, LlamaCppConfig, ModelSpec, Resources
+from cantata.agents import Ballot, Decision, ModelSpec, Resources, XLlamaCppConfig
 from cantata.cluster import RayRuntime, connect
 from cantata.topologies import (
     AnswerGroup,
@@ -49,7 +49,7 @@ def member(name: str, seed: int) -> ModelSpec:
     return ModelSpec(
         name=name,
         version="135m-instruct-q4_1",
-        backend=LlamaCppConfig(seed=seed),
+        backend=XLlamaCppConfig(seed=seed),
         resources=Resources(num_cpus=0.25),
     )
 

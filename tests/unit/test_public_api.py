@@ -101,6 +101,7 @@ PUBLIC_API = {
         "TopologySpecError",
         "UnschedulableError",
         "Usage",
+        "XLlamaCppConfig",
         "accept",
         "bound",
         "choice_output",
@@ -134,6 +135,7 @@ PUBLIC_API = {
         "RetryPolicy",
         "StructuredOutputDialect",
         "Timeout",
+        "XLlamaCppBackend",
         "default_model_path",
     ],
     "cantata.topologies": [

@@ -15,7 +15,9 @@ from cantata.agents import (
     ModelRequest,
     ModelSpec,
     OpenAIConfig,
+    Resources,
     TopologySpecError,
+    XLlamaCppConfig,
 )
 from cantata.topologies import (
     CallOptions,
@@ -36,9 +38,42 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 def test_the_single_example_loads():
     spec = load_topology(EXAMPLES / "single.yaml")
     assert isinstance(spec, SingleSpec)
-    assert isinstance(spec.model.backend, LlamaCppConfig)
+    assert isinstance(spec.model.backend, XLlamaCppConfig)
     assert spec.model.resources.num_cpus == 1
     assert spec.model.resources.memory == 512 * 2**20
+
+
+def test_a_model_without_a_backend_runs_on_xllamacpp():
+    spec = parse_topology({"pattern": "single", "name": "x", "model": {"name": "m"}})
+    assert isinstance(spec, SingleSpec)
+    assert isinstance(spec.model.backend, XLlamaCppConfig)
+    assert ModelSpec(name="m").backend == XLlamaCppConfig()
+
+
+def test_the_xllamacpp_slots_follow_max_concurrency_unless_set():
+    # Built, not started: nothing is loaded, so this needs neither xllamacpp nor the model.
+    model = ModelSpec(name="m", max_concurrency=2, resources=Resources(num_cpus=3, num_gpus=1))
+    backend = model.build_backend()
+    assert (backend.n_parallel, backend.n_threads, backend.n_gpu_layers) == (2, 3, -1)
+    assert backend.chat_template == "chatml"  # the default SmolLM2, as in llama-cpp-python
+    pinned = model.model_copy(
+        update={"backend": XLlamaCppConfig(n_parallel=6, n_threads=1, n_gpu_layers=0)}
+    )
+    backend = pinned.build_backend()
+    assert (backend.n_parallel, backend.n_threads, backend.n_gpu_layers) == (6, 1, 0)
+    assert XLlamaCppConfig().build(Resources(num_cpus=0.25)).n_threads == 1
+
+
+def test_the_llama_cpp_python_engine_is_still_a_backend_type():
+    spec = parse_topology(
+        {
+            "pattern": "single",
+            "name": "x",
+            "model": {"name": "m", "backend": {"type": "llamacpp", "chat_format": "chatml"}},
+        }
+    )
+    assert isinstance(spec, SingleSpec)
+    assert isinstance(spec.model.backend, LlamaCppConfig)
 
 
 def test_errors_name_the_file_and_the_field(tmp_path):
