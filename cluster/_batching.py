@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
-import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -41,6 +39,7 @@ from cantata.agents import (
     ModelReply,
     ModelRequest,
     RuntimeFailure,
+    new_id,
     scrub,
 )
 
@@ -52,7 +51,6 @@ Outcome = tuple[int, ModelReply | CantataError]
 """A request's index in its batch, and its reply or its error."""
 
 _ERROR_CHARS = 500
-_batch_ids = itertools.count()
 
 
 class BatchedCalls:
@@ -69,8 +67,6 @@ class BatchedCalls:
         self.loop = asyncio.get_running_loop()
         self._pending: list[tuple[ModelRequest, asyncio.Future[ModelReply]]] = []
         self._turn_open = False
-        # Ids are unique per caller process; the replica keys a batch by (pid, number).
-        self._prefix = f"{os.getpid()}-{id(self)}-"
 
     @property
     def what(self) -> str:
@@ -114,7 +110,7 @@ class BatchedCalls:
             self.loop.create_task(self._send(batch))
 
     async def _send(self, batch: list[tuple[ModelRequest, asyncio.Future[ModelReply]]]) -> None:
-        batch_id = f"{self._prefix}{next(_batch_ids)}"
+        batch_id = new_id()  # random: a replica serves callers on many nodes at once
         futures = [future for _, future in batch]
         stream = self.actor.complete_batch.remote(batch_id, [request for request, _ in batch])
         watch = _CallerWatch(self.actor, batch_id, stream, futures)
