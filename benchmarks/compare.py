@@ -198,7 +198,7 @@ def labels_of(names: list[str], peers: dict[str, Peer]) -> dict[str, str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument(
         "--repeats", type=int, default=DEFAULT_REPEATS, help="runs of every system's W1-W4"
     )
