@@ -42,10 +42,7 @@ import importlib.metadata
 import itertools
 import json
 import os
-import secrets
-import shutil
 import statistics
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -160,7 +157,7 @@ class Engine(Protocol):
 
     def complete(self, request: ModelRequest) -> tuple[str, int]: ...
 
-    def close(self) -> None: ...
+    async def aclose(self) -> None: ...
 
 
 class DirectLlamaCpp:
@@ -200,43 +197,22 @@ class DirectLlamaCpp:
         text = data["choices"][0]["message"]["content"] or ""
         return text, int(data["usage"]["completion_tokens"])
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
         self.llama.close()
 
 
 class DirectXLlamaCpp:
-    """An ``xllamacpp.Server`` with the parameters :class:`XLlamaCppBackend` gives it.
+    """The engine of an :class:`XLlamaCppBackend`, called directly.
 
-    Calls are plain (not streamed) chat completions, the simplest direct use: Cantata's backend
-    streams token by token so that it can stop a generation, and that cost is Cantata's.
+    The backend loads it (so the parameters are exactly the replica's), but calls here are
+    plain, not streamed, chat completions straight to llama.cpp's server, the simplest direct
+    use: Cantata's backend streams token by token so that it can stop a generation, and that
+    cost is Cantata's.
     """
 
     def __init__(self, backend: XLlamaCppBackend) -> None:
-        xllamacpp: Any = importlib.import_module("xllamacpp")  # ships no type information
+        self.backend = backend  # started by direct_engine
         self.seed = backend.seed
-        params = xllamacpp.CommonParams()
-        params.model.path = str(backend.model_path or default_model_path())
-        params.n_parallel = backend.n_parallel
-        params.kv_unified = False
-        params.n_ctx = backend.n_ctx * backend.n_parallel
-        if backend.n_threads is not None:
-            params.cpuparams.n_threads = backend.n_threads
-            params.cpuparams_batch.n_threads = backend.n_threads
-        params.n_gpu_layers = backend.n_gpu_layers
-        params.fit_params = False
-        params.sampling.seed = backend.seed
-        if backend.chat_template is not None:
-            params.chat_template = backend.chat_template
-            params.use_jinja = "{" in backend.chat_template
-        params.cache_ram_mib = 0
-        params.verbosity = -1
-        # The engine always listens for HTTP as well; keep it on a private socket, unused.
-        self.socket_dir = tempfile.mkdtemp(prefix="real-models-")
-        params.hostnames = [str(Path(self.socket_dir) / "engine.sock")]
-        params.api_keys = [secrets.token_hex(16)]
-        params.n_threads_http = 1
-        params.ui = False
-        self.server: Any = xllamacpp.Server(params)
 
     def complete(self, request: ModelRequest) -> tuple[str, int]:
         body: dict[str, Any] = {
@@ -261,25 +237,26 @@ class DirectXLlamaCpp:
             results.append(result)  # a plain call answers once, with the whole completion
             return False
 
-        self.server.handle_chat_completions(body, take)
+        self.backend.engine.handle_chat_completions(body, take)
         data = results[-1]
         if "error" in data:
             raise RuntimeError(f"xllamacpp refused a replayed call: {data['error']}")
         text = data["choices"][0]["message"]["content"] or ""
         return text, int(data["usage"]["completion_tokens"])
 
-    def close(self) -> None:
-        self.server = None  # the last reference: llama.cpp frees the model
-        shutil.rmtree(self.socket_dir, ignore_errors=True)
+    async def aclose(self) -> None:
+        await self.backend.aclose()
 
 
-def direct_engine(spec: ModelSpec) -> tuple[Engine, str]:
+async def direct_engine(spec: ModelSpec) -> tuple[Engine, str]:
     """The engine Cantata's replica of ``spec`` would run, loaded here; and its description."""
-    # build_backend sizes threads (and xllamacpp's slots) exactly as the replica does; the
-    # backend is only read here, never started.
+    # build_backend sizes threads (and xllamacpp's slots) exactly as the replica does. An
+    # xllamacpp backend is started here and its engine called directly; llama-cpp-python's
+    # Llama is built from the backend's fields.
     backend = spec.build_backend()
     if isinstance(backend, XLlamaCppBackend):
         about = f"xllamacpp, {backend.n_threads} thread(s), {backend.n_parallel} slot(s)"
+        await backend.start()
         return DirectXLlamaCpp(backend), about
     if isinstance(backend, LlamaCppBackend):
         return DirectLlamaCpp(backend), f"llama-cpp-python, {backend.n_threads} thread(s)"
@@ -406,7 +383,7 @@ async def run_example(
     described: dict[str, str] = {}
     try:
         for model in spec.models():
-            engines[model.name], described[model.name] = direct_engine(model)
+            engines[model.name], described[model.name] = await direct_engine(model)
         questions = QUESTIONS[file.name]
         asked = [questions[0], *itertools.islice(itertools.cycle(questions[1:]), count)]
         rows: list[RequestRow] = []
@@ -457,7 +434,7 @@ async def run_example(
     finally:
         await runtime.stop(started)
         for engine in engines.values():
-            engine.close()
+            await engine.aclose()
 
 
 def summarize(rows: Sequence[RequestRow]) -> dict[str, float]:
@@ -562,7 +539,7 @@ async def concurrency(threads: int) -> tuple[Throughput, Throughput]:
     try:
         await cantata_rate(alone=False)  # warm-up: every slot used once
         requests = [c.request for c in sorted(calls, key=lambda c: c.sent)]
-        engine, _ = direct_engine(spec.model)
+        engine, _ = await direct_engine(spec.model)
         direct_rate(engine, requests, alone=False)  # warm-up, and the pool's threads started
         turns = [(cantata, True), (direct, True), (direct, False), (cantata, False)]
         for n in range(ROUNDS):
@@ -578,7 +555,7 @@ async def concurrency(threads: int) -> tuple[Throughput, Throughput]:
         pool.shutdown()
         await runtime.stop(started)
         if engine is not None:
-            engine.close()
+            await engine.aclose()
 
 
 # -- the run ----------------------------------------------------------------------------------

@@ -116,6 +116,14 @@ class XLlamaCppBackend(ModelBackend):
         """The GGUF file's name without its extension."""
         return (self.model_path or default_model_path()).stem
 
+    @property
+    def engine(self) -> _Engine:
+        """The running ``xllamacpp.Server``, after :meth:`start`: llama.cpp's server with this
+        backend's parameters, for calling it directly (``benchmarks/real_models.py`` does)."""
+        if self._server is None:
+            raise BackendError(f"{self.model_name}: the engine is not started")
+        return self._server
+
     async def start(self) -> None:
         async with self._starting:  # concurrent first calls load the model once
             if self._server is None:
