@@ -24,6 +24,10 @@ How to read the first table (throughput):
   max_concurrency / 0.05 s.
 - ``x ideal``: req/s / ideal. ``x linear``: req/s / (replicas x req/s per replica at the
   smallest count measured); the issue's target is 0.85 at 8 replicas.
+- ``batched``: the share of calls, warm-up included, that arrived together with others in one
+  Ray call (calls a process made in the same event-loop turn; ``cantata.cluster._batching``),
+  at the coordinators (requests from this driver) and at the model replicas (the
+  coordinators' model calls).
 - ``nodes``: where the replicas landed (from each replica's health), by node name.
 
 The second table (CPU) says where the time goes, from ``/proc``: CPU-seconds per second of
@@ -86,7 +90,7 @@ from cantata.agents import (
     Resources,
     configure_logging,
 )
-from cantata.cluster import Deployment, DeploymentStatus, connect, deploy
+from cantata.cluster import Deployment, DeploymentStatus, ReplicaStatus, connect, deploy
 from cantata.topologies import (
     Coordinator,
     PipelineSpec,
@@ -290,6 +294,8 @@ class Row:
     x_linear: float = 0.0
     nodes: dict[str, int] = field(default_factory=dict)
     served: list[int] = field(default_factory=list)  # per replica, warm-up included
+    batched_coordinators: float = 0.0  # share of requests, warm-up included
+    batched_replicas: float = 0.0
     windows: list[Window] = field(default_factory=list)
     deploy_s: float = 0.0
 
@@ -347,6 +353,10 @@ def measure(
         row.x_ideal = row.req_s / row.ideal_req_s
         status = deployment.status()
         row.served = [r.served for m in status.models for r in m.replicas]
+        row.batched_replicas = _share([r for m in status.models for r in m.replicas])
+        row.batched_coordinators = _share(
+            [r for a in status.agents if a.role == "coordinator" for r in a.replicas]
+        )
         if replicas == max(args.replica_counts):
             time.sleep(2.0)  # idle: calls done, telemetry reported
             memory["model replica (no weights)"] = memory_of(models)
@@ -439,16 +449,25 @@ def cores(row: Row, group: str) -> float:
     return statistics.median(w.cores[group] for w in row.windows)
 
 
+def _share(replicas: list[ReplicaStatus]) -> float:
+    served = sum(r.served for r in replicas)
+    return sum(r.batched for r in replicas) / served if served else 0.0
+
+
 def print_tables(rows: list[Row], memory: dict[str, Any]) -> None:
-    print("| replicas | in flight | req/s | range | ideal | x ideal | x linear | nodes |")
-    print("| " + " | ".join(["---"] * 8) + " |")
+    print(
+        "| replicas | in flight | req/s | range | ideal | x ideal | x linear |"
+        " batched (coordinators / replicas) | nodes |"
+    )
+    print("| " + " | ".join(["---"] * 9) + " |")
     for row in rows:
         rates = [w.req_s for w in row.windows]
         nodes = " ".join(f"{name}:{count}" for name, count in row.nodes.items())
         print(
             f"| {row.replicas} | {row.in_flight} | {row.req_s:.0f} |"
             f" {min(rates):.0f}-{max(rates):.0f} | {row.ideal_req_s:.0f} |"
-            f" {row.x_ideal:.3f} | {row.x_linear:.3f} | {nodes} |"
+            f" {row.x_ideal:.3f} | {row.x_linear:.3f} |"
+            f" {row.batched_coordinators:.0%} / {row.batched_replicas:.0%} | {nodes} |"
         )
     print()
     # CPU in cores (CPU-seconds per second) during the timed windows, then per request.

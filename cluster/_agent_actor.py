@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 import ray
@@ -31,6 +32,7 @@ from cantata.agents import (
 from cantata.topologies import Code, RouterSpec, RunResult, TopologySpec, answer, answer_task
 
 from . import _hosting
+from ._batching import BatchesInFlight, Outcome, serve_batch
 from ._connection import NAMESPACE, current_identity
 from ._heap import settle_heap
 from ._ledger import LedgerEntry
@@ -85,6 +87,7 @@ class AgentActor:
         )
         self._ledger: list[LedgerEntry] = []
         self._ledger_due: asyncio.TimerHandle | None = None
+        self._batches = BatchesInFlight()
         settle_heap()  # the node and its code are loaded: they live as long as the actor
 
     def set_routing(self, routing: Routing) -> None:
@@ -174,6 +177,19 @@ class AgentActor:
         self._record(list(result.trace), route, False)
         return result
 
+    async def call_batch(
+        self, batch_id: str, requests: list[tuple[str, str | None, float | None]]
+    ) -> AsyncIterator[list[Outcome]]:
+        """Answer requests that one caller sent together, each as :meth:`call` would; the
+        answers stream back as they finish (see :mod:`cantata.cluster._batching`)."""
+        what = f"the coordinator of '{self.node.name}'"
+        async for outcomes in serve_batch(self.call, self._batches, batch_id, requests, what=what):
+            yield outcomes
+
+    def cancel_batched(self, batch_id: str, indices: list[int]) -> None:
+        """Cancel requests of a batch whose callers left; the others run on."""
+        self._batches.cancel(batch_id, indices)
+
     def shut(self) -> None:
         """Refuse new requests from now on (the deployment is draining); those in flight go on."""
         self.shutting = True
@@ -224,6 +240,7 @@ class AgentActor:
             in_flight=self.in_flight,
             served=self.served,
             refused=self.refused,
+            batched=self._batches.requests,
             detail="shutting down: refusing new requests" if self.shutting else "",
         )
 

@@ -1,19 +1,21 @@
-"""Many model calls to one replica, carried by one Ray call.
+"""Many calls to one actor, carried by one Ray call.
 
 A Ray actor call costs about 1.3 ms of CPU here (in the caller and in the actor), whatever it
 carries, and on two cores that, not the models, bounds throughput under load. So the calls a
-process makes to one replica in the same turn of its event loop travel together:
+process makes to one actor in the same turn of its event loop travel together: model calls to a
+replica (``complete``), and requests to a deployment's coordinator (``call``):
 
 - The first call of a turn goes at once, as a plain actor call: a lone call (a sequential
   request, a single model) waits for nothing and pays nothing for batching.
 - Calls made later in that turn (the other branches of a fan-out, the next requests released
   by the last reply) collect, and go as one call when the turn ends.
-- The replica runs a batch's requests concurrently, each through its own ``complete`` (so a
-  subclass's override, the concurrency slots, deadlines, budgets and spans apply per request),
-  and streams the replies back as they finish, in groups (a Ray streaming generator): a short
-  answer does not wait for a long one in the same batch, and equal ones come back together.
+- The actor runs a batch's requests concurrently, each through the method a plain call runs
+  (so a subclass's override, the concurrency slots, admission, deadlines, budgets and spans
+  apply per request), and streams the replies back as they finish, in groups (a Ray streaming
+  generator): a short answer does not wait for a long one in the same batch, and equal ones
+  come back together.
 - Each request keeps its own outcome: an error fails that request only; a caller that leaves
-  cancels its own request in the replica, not its batch-mates'; a replica that dies fails every
+  cancels its own request in the actor, not its batch-mates'; an actor that dies fails every
   request still waiting, with the same typed error a plain call gets.
 
 Ray Serve's ``@serve.batch`` batches inside a replica for the model's sake and hands the batch
@@ -21,81 +23,83 @@ back whole; this batches the transport, per caller, and keeps each call's own li
 here, 64 callers fanning out to three replicas reached 2.5x the throughput of one Ray call per
 model call; returning groups as they finish, rather than the whole batch at the end, cost about
 5% of that.
+
+An actor that takes batches has, beside the method ``M`` a plain call runs, an async generator
+method ``M_batch(batch_id, calls)`` that runs :func:`serve_batch`, and ``cancel_batched(batch_id,
+indices)``; the hosted model actor (``ray_hosted``) and the agent actor have both.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Generic, TypeVar
 
 import ray
 
-from cantata.agents import (
-    BackendError,
-    CantataError,
-    ModelActor,
-    ModelReply,
-    ModelRequest,
-    RuntimeFailure,
-    new_id,
-    scrub,
-)
+from cantata.agents import BackendError, CantataError, RuntimeFailure, new_id, scrub
 
 from . import _hosting
 
 __all__ = ["BatchedCalls", "BatchesInFlight", "Outcome", "serve_batch"]
 
-Outcome = tuple[int, ModelReply | CantataError]
-"""A request's index in its batch, and its reply or its error."""
+Reply = TypeVar("Reply")
+
+Outcome = tuple[int, Any]
+"""A call's index in its batch, and its reply or its :class:`~cantata.agents.CantataError`."""
 
 _ERROR_CHARS = 500
 
 
-class BatchedCalls:
-    """Sends one caller's ``complete`` calls to one replica, batching those of a loop turn.
+class BatchedCalls(Generic[Reply]):
+    """Sends one caller's calls of ``method`` to one actor, batching those of a loop turn.
 
-    Bound to the event loop that made it; :class:`~cantata.cluster.RayModelHandle` keeps one
-    per loop. ``actor`` is the replica (a Ray actor handle), ``model`` its name for errors.
+    Bound to the event loop that made it; the handles keep one per loop. ``actor`` is a Ray
+    actor handle with ``method``, ``method_batch`` and ``cancel_batched``; ``what`` names the
+    call in errors, ``model`` the model whose call it is (errors carry it), ``actor_id`` the
+    actor (an :class:`~cantata.agents.ActorDiedError` carries it, so callers can retry
+    elsewhere).
     """
 
-    def __init__(self, actor: Any, model: str, actor_id: str) -> None:
+    def __init__(
+        self, actor: Any, method: str, what: str, *, actor_id: str, model: str = ""
+    ) -> None:
         self.actor = actor
+        self._plain_method = getattr(actor, method)
+        self._batch_method = getattr(actor, f"{method}_batch")
+        self.what = what
         self.model = model
         self.actor_id = actor_id
         self.loop = asyncio.get_running_loop()
-        self._pending: list[tuple[ModelRequest, asyncio.Future[ModelReply]]] = []
+        self._pending: list[tuple[tuple[Any, ...], asyncio.Future[Reply]]] = []
         self._turn_open = False
 
-    @property
-    def what(self) -> str:
-        return f"the call to '{self.model}'"
-
-    async def complete(self, request: ModelRequest) -> ModelReply:
-        """The replica's reply to ``request``; its errors come out typed, as a plain call's."""
+    async def call(self, *args: Any) -> Reply:
+        """The actor's reply to ``method(*args)``; its errors come out typed, as a plain call's."""
         if not self._turn_open:
             self._turn_open = True
             self.loop.call_soon(self._end_turn)
-            return await self._plain(request)
-        future: asyncio.Future[ModelReply] = self.loop.create_future()
-        self._pending.append((request, future))
+            return await self._plain(args)
+        future: asyncio.Future[Reply] = self.loop.create_future()
+        self._pending.append((args, future))
         try:
             return await future
         except asyncio.CancelledError:
             future.cancel()  # not sent yet: dropped from its batch; sent: cancelled there
             raise
 
-    async def _plain(self, request: ModelRequest) -> ModelReply:
-        ref = self.actor.complete.remote(request)
+    def _error(self, exc: ray.exceptions.RayError) -> Exception:
+        return _hosting.translate(exc, self.what, model=self.model, actor_id=self.actor_id)
+
+    async def _plain(self, args: tuple[Any, ...]) -> Reply:
+        ref = self._plain_method.remote(*args)
         try:
-            reply: ModelReply = await ref
+            reply: Reply = await ref
         except ray.exceptions.RayError as exc:
-            raise _hosting.translate(
-                exc, self.what, model=self.model, actor_id=self.actor_id
-            ) from None
+            raise self._error(exc) from None
         except asyncio.CancelledError:
-            _hosting.cancel(ref)  # the model stops working for a caller that left
+            _hosting.cancel(ref)  # the actor stops working for a caller that left
             raise
         return reply
 
@@ -104,15 +108,15 @@ class BatchedCalls:
         batch = [item for item in self._pending if not item[1].done()]
         self._pending = []
         if len(batch) == 1:
-            request, future = batch[0]
-            _chain(self.loop.create_task(self._plain(request)), future)
+            args, future = batch[0]
+            _chain(self.loop.create_task(self._plain(args)), future)
         elif batch:
             self.loop.create_task(self._send(batch))
 
-    async def _send(self, batch: list[tuple[ModelRequest, asyncio.Future[ModelReply]]]) -> None:
-        batch_id = new_id()  # random: a replica serves callers on many nodes at once
+    async def _send(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Reply]]]) -> None:
+        batch_id = new_id()  # random: an actor serves callers on many nodes at once
         futures = [future for _, future in batch]
-        stream = self.actor.complete_batch.remote(batch_id, [request for request, _ in batch])
+        stream = self._batch_method.remote(batch_id, [args for args, _ in batch])
         watch = _CallerWatch(self.actor, batch_id, stream, futures)
         try:
             async for ref in stream:
@@ -128,9 +132,7 @@ class BatchedCalls:
         except ray.exceptions.RayError as exc:
             for future in futures:
                 if not future.done():  # translated per caller: an error is raised once
-                    future.set_exception(
-                        _hosting.translate(exc, self.what, model=self.model, actor_id=self.actor_id)
-                    )
+                    future.set_exception(self._error(exc))
         except asyncio.CancelledError:
             _hosting.cancel(stream)  # this process's loop is closing: nothing waits for them
             raise
@@ -144,7 +146,7 @@ class BatchedCalls:
 
 
 class _CallerWatch:
-    """Cancels in the replica the requests of a batch whose callers left."""
+    """Cancels in the actor the calls of a batch whose callers left."""
 
     def __init__(self, actor: Any, batch_id: str, stream: Any, futures: list[Any]) -> None:
         self.actor = actor
@@ -162,7 +164,7 @@ class _CallerWatch:
         if self.live == 0:
             _hosting.cancel(self.stream)  # every caller left: the whole batch stops
         else:
-            with contextlib.suppress(Exception):  # a replica that is gone has nothing running
+            with contextlib.suppress(Exception):  # an actor that is gone has nothing running
                 self.actor.cancel_batched.remote(self.batch_id, [index])
 
     def stop(self) -> None:
@@ -171,7 +173,7 @@ class _CallerWatch:
 
 
 class BatchesInFlight:
-    """The replica's side: the running requests of each batch, so one can be cancelled."""
+    """The actor's side: the running calls of each batch, so one can be cancelled."""
 
     def __init__(self) -> None:
         self.running: dict[str, dict[int, asyncio.Task[Any]]] = {}
@@ -186,19 +188,29 @@ class BatchesInFlight:
 
 
 async def serve_batch(
-    actor: ModelActor, batches: BatchesInFlight, batch_id: str, requests: list[ModelRequest]
+    run: Callable[..., Awaitable[Any]],
+    batches: BatchesInFlight,
+    batch_id: str,
+    calls: list[tuple[Any, ...]],
+    *,
+    what: str,
+    model: str = "",
 ) -> AsyncIterator[list[Outcome]]:
-    """Run ``requests`` concurrently on ``actor``; yield their outcomes in groups as they end.
+    """Run ``run(*args)`` for each of ``calls`` concurrently; yield outcomes in groups as they end.
 
-    Requests start in the order given. A request cancelled through ``batches`` yields nothing
-    (its caller has gone); when the stream itself is cancelled, every request still running is.
+    Calls start in the order given. An error is that call's outcome: a
+    :class:`~cantata.agents.CantataError` as raised, anything else as a
+    :class:`~cantata.agents.BackendError` (``model`` given) or
+    :class:`~cantata.agents.RuntimeFailure`, worded with ``what``, scrubbed and bounded. A call
+    cancelled through ``batches`` yields nothing (its caller has gone); when the stream itself
+    is cancelled, every call still running is.
     """
     tasks = {
-        asyncio.ensure_future(_outcome(actor, request)): index
-        for index, request in enumerate(requests)
+        asyncio.ensure_future(_outcome(run, args, what, model)): index
+        for index, args in enumerate(calls)
     }
     batches.running[batch_id] = {index: task for task, index in tasks.items()}
-    batches.requests += len(requests)
+    batches.requests += len(calls)
     pending = set(tasks)
     try:
         while pending:
@@ -217,23 +229,22 @@ async def serve_batch(
         del batches.running[batch_id]
 
 
-async def _outcome(actor: ModelActor, request: ModelRequest) -> ModelReply | CantataError:
+async def _outcome(
+    run: Callable[..., Awaitable[Any]], args: tuple[Any, ...], what: str, model: str
+) -> Any:
     try:
-        return await actor.complete(request)
+        return await run(*args)
     except CantataError as error:
         return error
-    except Exception as exc:  # a subclass's complete may raise anything: typed, bounded, scrubbed
-        detail = scrub(str(exc))[:_ERROR_CHARS]
-        return BackendError(
-            f"{actor.spec.name}: the actor raised {type(exc).__name__}: {detail}",
-            model=actor.spec.name,
-        )
+    except Exception as exc:  # an override may raise anything: typed, bounded, scrubbed
+        detail = f"{what}: the actor raised {type(exc).__name__}: {scrub(str(exc))[:_ERROR_CHARS]}"
+        return BackendError(detail, model=model) if model else RuntimeFailure(detail)
 
 
-def _chain(task: asyncio.Task[ModelReply], future: asyncio.Future[ModelReply]) -> None:
+def _chain(task: asyncio.Task[Any], future: asyncio.Future[Any]) -> None:
     """``future`` takes ``task``'s outcome; cancelling ``future`` cancels ``task``."""
 
-    def settle(done: asyncio.Task[ModelReply]) -> None:
+    def settle(done: asyncio.Task[Any]) -> None:
         if future.done():
             return
         if done.cancelled():
@@ -243,7 +254,7 @@ def _chain(task: asyncio.Task[ModelReply], future: asyncio.Future[ModelReply]) -
         else:
             future.set_result(done.result())
 
-    def abandon(done: asyncio.Future[ModelReply]) -> None:
+    def abandon(done: asyncio.Future[Any]) -> None:
         if done.cancelled():
             task.cancel()
 

@@ -327,6 +327,7 @@ class Fleet:
                     queued=health.queued,
                     served=health.served,
                     refused=health.rejected,
+                    batched=health.batched,
                     detail=health.detail,
                 )
             status: ReplicaStatus = await asyncio.wait_for(handle.status(), STATUS_TIMEOUT_S)

@@ -71,11 +71,14 @@ def ray_hosted(base: type[ModelActor]) -> type[ModelActor]:
         return identity
 
     async def complete_batch(
-        self: ModelActor, batch_id: str, requests: list[ModelRequest]
+        self: ModelActor, batch_id: str, requests: list[tuple[ModelRequest]]
     ) -> AsyncIterator[list[Outcome]]:
         """Answer requests that one caller sent together; see :mod:`._batching`."""
         # An async generator function itself: that is how Ray knows to stream its results.
-        async for outcomes in serve_batch(self, self.__dict__["_batches"], batch_id, requests):
+        batches = self.__dict__["_batches"]
+        async for outcomes in serve_batch(
+            self.complete, batches, batch_id, requests, what=self.spec.name, model=self.spec.name
+        ):
             yield outcomes
 
     def cancel_batched(self: ModelActor, batch_id: str, indices: list[int]) -> None:
@@ -123,7 +126,7 @@ class RayModelHandle(ModelHandle):
     def __init__(self, actor: Any, spec: ModelSpec) -> None:
         self.actor = actor
         self.spec = spec
-        self._batched: BatchedCalls | None = None
+        self._batched: BatchedCalls[ModelReply] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         # The batcher belongs to this process's event loop; a copy in another process makes
@@ -154,8 +157,14 @@ class RayModelHandle(ModelHandle):
         """The replica's reply; calls made in the same loop turn share one Ray call."""
         batched = self._batched
         if batched is None or batched.loop is not asyncio.get_running_loop():
-            batched = self._batched = BatchedCalls(self.actor, self.spec.name, self.actor_id)
-        return await batched.complete(request)
+            batched = self._batched = BatchedCalls(
+                self.actor,
+                "complete",
+                f"the call to '{self.spec.name}'",
+                actor_id=self.actor_id,
+                model=self.spec.name,
+            )
+        return await batched.call(request)
 
     # embed is every embedding call's path: it awaits the actor here, without a helper
     # coroutine, and words an error only when there is one.
@@ -191,6 +200,15 @@ class RayAgentHandle:
     def __init__(self, actor: Any, name: str) -> None:
         self.actor = actor
         self.name = name
+        self._batched: BatchedCalls[RunResult] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"actor": self.actor, "name": self.name}  # the batcher stays with its loop
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.actor = state["actor"]
+        self.name = state["name"]
+        self._batched = None
 
     @property
     def actor_id(self) -> str:
@@ -208,11 +226,16 @@ class RayAgentHandle:
     async def call(
         self, text: str, trace_id: str | None = None, deadline: float | None = None
     ) -> RunResult:
-        """Answer a request as the deployment's coordinator, by ``deadline`` (epoch seconds)."""
-        result: RunResult = await self._call(
-            self.actor.call.remote(text, trace_id, deadline), "the coordinator of"
-        )
-        return result
+        """Answer a request as the deployment's coordinator, by ``deadline`` (epoch seconds).
+
+        Requests made in the same loop turn share one Ray call, as model calls do.
+        """
+        batched = self._batched
+        if batched is None or batched.loop is not asyncio.get_running_loop():
+            batched = self._batched = BatchedCalls(
+                self.actor, "call", f"the coordinator of '{self.name}'", actor_id=self.actor_id
+            )
+        return await batched.call(text, trace_id, deadline)
 
     async def status(self) -> ReplicaStatus:
         """Where the actor runs and its load; never queues behind its requests."""

@@ -21,7 +21,8 @@ class ReplicaStatus(Frozen):
 
     ``in_flight``, ``queued`` and ``refused`` are counted by the replica itself: calls running,
     calls waiting for one of its concurrency slots, and calls turned away before they ran
-    (beyond its queue, late, over budget or invalid).
+    (beyond its queue, late, over budget or invalid); ``batched``, the calls that arrived
+    together with others in one Ray call (those a caller made in the same event-loop turn).
     """
 
     actor_id: str
@@ -32,6 +33,7 @@ class ReplicaStatus(Frozen):
     queued: int = 0
     served: int
     refused: int = 0
+    batched: int = 0
     detail: str = ""
 
 
