@@ -13,12 +13,12 @@ from cantata.agents import (
     DeadlineExceededError,
     FunctionConfig,
     InvalidMessageError,
-    LlamaCppConfig,
     ModelActor,
     ModelRequest,
     ModelSpec,
     Resources,
     UnschedulableError,
+    XLlamaCppConfig,
 )
 from cantata.cluster import RayModelHandle, RayRuntime
 from cantata.cluster._replicas import ReplicaSet
@@ -171,7 +171,7 @@ async def test_a_model_that_fails_to_start_fails_typed_and_leaves_nothing(ray_cl
     missing = tmp_path / "no-such-model.gguf"
     broken = ModelSpec(
         name="broken",
-        backend=LlamaCppConfig(model_path=str(missing)),
+        backend=XLlamaCppConfig(model_path=str(missing)),  # the default engine
         resources=Resources(num_cpus=0.25),
     )
     runtime = RayRuntime()
