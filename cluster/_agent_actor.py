@@ -211,8 +211,8 @@ class AgentActor:
             return
         self._ledger.append((spans, route.key, failed))
         if self.in_flight == 0:
-            # Nothing else running: sent now, before this reply, so a caller that reads the
-            # books next finds this request in them.
+            # Nothing else running: sent now, before this reply (a cost report first asks
+            # for it anyway: see flush_ledger).
             self._send_ledger()
         elif self._ledger_due is None:
             # Under load, one Ray call per request to the ledger was a fifth of a request's
@@ -220,6 +220,18 @@ class AgentActor:
             # burst sends them at once, above).
             loop = asyncio.get_running_loop()
             self._ledger_due = loop.call_later(LEDGER_BATCH_S, self._send_ledger)
+
+    async def flush_ledger(self) -> None:
+        """Hand the owner the ledger entries held back, and return once it has every entry this
+        coordinator sent (its calls to the owner start in the order they were sent)."""
+        if self.owner is None:
+            return
+        if self._ledger_due is not None:
+            self._ledger_due.cancel()
+            self._ledger_due = None
+        entries, self._ledger = self._ledger, []
+        sent = self.owner.record.remote(entries)
+        await _hosting.call(sent, "sending ledger entries to the controller")
 
     def _send_ledger(self) -> None:
         if self._ledger_due is not None:

@@ -33,6 +33,8 @@ __all__ = ["DeploymentController"]
 
 WATCH_INTERVAL_S = 30.0
 AUTOSCALE_INTERVAL_S = 0.5
+LEDGER_SETTLE_S = 5.0
+"""How long a cost report waits for the coordinators to hand over the entries they hold."""
 
 log = structlog.get_logger("cantata.deployment")
 
@@ -159,10 +161,36 @@ class DeploymentController:
         await self.autoscaler.tick()
         self._book_reservations()
 
-    def cost(self, since_s: float | None = None, by: CostBy = "model") -> CostReport:
-        """What the deployment spent in the last ``since_s`` seconds (default: all kept)."""
+    async def cost(self, since_s: float | None = None, by: CostBy = "model") -> CostReport:
+        """What the deployment spent in the last ``since_s`` seconds (default: all kept).
+
+        Every request answered before this call is in it: the coordinators first hand over
+        the entries they hold back and the ones still on their way here.
+        """
+        await self._settle_ledger()
         since = None if since_s is None else self.ledger.clock() - since_s
         return self.ledger.report(since=since, by=by)
+
+    async def _settle_ledger(self) -> None:
+        # A coordinator sends an idle request's entry before answering, but the entry and the
+        # caller's next call to this actor come from different processes: Ray orders neither
+        # against the other. A coordinator's own calls here do start in order, so the
+        # (possibly empty) entries its flush sends arrive after every earlier one.
+        flushes = [handle.actor.flush_ledger.remote() for handle in self.fleet.coordinators()]
+        if not flushes:
+            return
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(*flushes, return_exceptions=True), LEDGER_SETTLE_S
+            )
+        except TimeoutError:
+            # A coordinator that cannot answer (its node lost, say) must not hold up the
+            # books; what it held back is reported when it comes back, or is lost with it.
+            log.warning(
+                "coordinators did not hand over their ledger entries in time",
+                deployment=self.name,
+                after_s=LEDGER_SETTLE_S,
+            )
 
     async def status(self) -> DeploymentStatus:
         """Every model's and agent actor's replicas, autoscaling decisions, spending."""

@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 import ray
@@ -173,7 +174,8 @@ def test_killing_a_coordinator_loses_no_request(ray_cluster):
 
 def test_every_request_of_a_burst_reaches_the_books(ray_cluster):
     """Under load a coordinator sends ledger entries together; none is lost, and a caller
-    that reads the books after its last answer finds every request in them."""
+    that reads the books after its last answer finds every request in them (the report has
+    the coordinators hand over their entries first: no waiting needed)."""
     spec = SingleSpec(
         name="booked", model=model("steady", say("done", delay_s=0.2), max_concurrency=64)
     )
@@ -185,9 +187,43 @@ def test_every_request_of_a_burst_reaches_the_books(ray_cluster):
 
         outcomes = asyncio.run(burst())
         assert [getattr(o, "text", None) for o in outcomes] == ["done"] * 40
-        assert wait_for(lambda: deployment.cost().total.requests == 40, 30)
-        assert deployment.call("one more").text == "done"  # alone: booked before its answer
+        assert deployment.cost().total.requests == 40
+        assert deployment.call("one more").text == "done"
         assert deployment.cost().total.requests == 41
+    finally:
+        deployment.down()
+
+
+def gated(gate: Path):
+    """Answers at once, except a 'wait' request, which waits until ``gate`` exists."""
+
+    async def answer(request: ModelRequest) -> str:
+        if request.messages[-1].content == "wait":
+            while not gate.exists():
+                await asyncio.sleep(0.02)
+        return "done"
+
+    return answer
+
+
+def test_a_cost_report_includes_what_a_busy_coordinator_holds_back(ray_cluster, tmp_path):
+    """While a request runs, a coordinator holds the entries of the ones that end (sent every
+    LEDGER_BATCH_S); a cost report read right after their answers still counts them."""
+    gate = tmp_path / "open"
+    spec = SingleSpec(name="held", model=model("gated", gated(gate), max_concurrency=64))
+    deployment = deploy(spec, "held-books")
+    try:
+
+        async def books_after_quick_answers() -> tuple[int, int]:
+            waiting = asyncio.ensure_future(deployment.acall("wait"))
+            quick = await asyncio.gather(*(deployment.acall(f"q{i}") for i in range(10)))
+            assert [result.text for result in quick] == ["done"] * 10
+            held = (await asyncio.to_thread(deployment.cost)).total.requests
+            gate.touch()
+            assert (await waiting).text == "done"
+            return held, (await asyncio.to_thread(deployment.cost)).total.requests
+
+        assert asyncio.run(books_after_quick_answers()) == (10, 11)
     finally:
         deployment.down()
 
